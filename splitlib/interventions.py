@@ -1,0 +1,370 @@
+"""The unified intervention of the paper's Eq. 4: h' = (W + mΔW)h + (b + mΔb) at one layer.
+
+Three forms share one object (Table 1):
+- `vector`: Δb only, added to the residual stream at the output of decoder layer L;
+- `lora`: ΔW = B·A of rank r on the MLP down-projection of layer L;
+- `local_weight`: a full ΔW and a Δb on that down-projection.
+
+Apply it with a context manager; the multiplier m can change inside without re-registering hooks,
+and every hook is removed on exit, also when the body raises.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .models import check_layer, decoder_layers, down_projection
+
+FORMS = ("vector", "lora", "local_weight")
+
+
+def check_form(form: str) -> str:
+    """`form` if it is one of FORMS, else a ValueError naming the choices."""
+    if form not in FORMS:
+        raise ValueError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
+    return form
+
+
+def _as_parameter(name: str, value: Tensor | None, ndim: int) -> nn.Parameter:
+    if value is None:
+        raise ValueError(f"{name} is required for this form")
+    value = torch.as_tensor(value)
+    if value.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(value.shape)}")
+    return nn.Parameter(value.detach().clone().float())
+
+
+class Intervention(nn.Module):
+    """An update (ΔW, Δb) at one decoder layer, in one of three forms.
+
+    Parameters are float32 `nn.Parameter`s so a training loop can optimise them directly; they are
+    cast to the model's dtype when applied.
+    """
+
+    def __init__(
+        self,
+        form: str,
+        layer: int,
+        *,
+        delta_b: Tensor | None = None,
+        delta_w: Tensor | None = None,
+        lora_a: Tensor | None = None,
+        lora_b: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.form = check_form(form)
+        if not isinstance(layer, int) or isinstance(layer, bool) or layer < 0:
+            raise ValueError(f"layer must be a non-negative int, got {layer!r}")
+        self.layer = layer
+        given = {"delta_b": delta_b, "delta_w": delta_w, "lora_a": lora_a, "lora_b": lora_b}
+        allowed = {"vector": {"delta_b"}, "lora": {"lora_a", "lora_b"}, "local_weight": {"delta_w", "delta_b"}}[form]
+        extra = sorted(k for k, v in given.items() if v is not None and k not in allowed)
+        if extra:
+            raise ValueError(f"the {form} form takes {sorted(allowed)}, not {extra}")
+        if form == "vector":
+            self.delta_b = _as_parameter("delta_b", delta_b, 1)
+        elif form == "lora":
+            self.lora_a = _as_parameter("lora_a", lora_a, 2)
+            self.lora_b = _as_parameter("lora_b", lora_b, 2)
+            if self.lora_a.shape[0] != self.lora_b.shape[1]:
+                raise ValueError(
+                    f"LoRA ranks disagree: lora_a is {tuple(self.lora_a.shape)} (r, d_in) but "
+                    f"lora_b is {tuple(self.lora_b.shape)} (d_out, r)"
+                )
+        else:
+            self.delta_w = _as_parameter("delta_w", delta_w, 2)
+            bias = torch.zeros(self.delta_w.shape[0]) if delta_b is None else delta_b
+            self.delta_b = _as_parameter("delta_b", bias, 1)
+            if self.delta_b.shape[0] != self.delta_w.shape[0]:
+                raise ValueError(
+                    f"delta_b has {self.delta_b.shape[0]} entries but delta_w has "
+                    f"{self.delta_w.shape[0]} output rows"
+                )
+
+    # ----- construction -------------------------------------------------------------------------
+    @classmethod
+    def initial(cls, model: nn.Module, form: str, layer: int, rank: int = 4, seed: int = 0) -> Intervention:
+        """A trainable starting point that changes nothing: zeros, or LoRA with A random and B = 0."""
+        d_in, d_out = _down_proj_shape(model, layer)
+        check_form(form)
+        if form == "vector":
+            return cls("vector", layer, delta_b=torch.zeros(d_out))
+        if form == "local_weight":
+            return cls("local_weight", layer, delta_w=torch.zeros(d_out, d_in), delta_b=torch.zeros(d_out))
+        lora_a = torch.empty(rank, d_in)
+        nn.init.kaiming_uniform_(lora_a, a=math.sqrt(5), generator=torch.Generator().manual_seed(seed))
+        return cls("lora", layer, lora_a=lora_a, lora_b=torch.zeros(d_out, rank))
+
+    @classmethod
+    def random(
+        cls, model: nn.Module, form: str, layer: int, rank: int = 4, seed: int = 0, gain: float = 1.0
+    ) -> Intervention:
+        """A seeded random update with ‖Δb‖ ≈ gain and ‖ΔW h‖ ≈ gain·RMS(h).
+
+        A teaching and testing device, not a trained intervention.
+        """
+        d_in, d_out = _down_proj_shape(model, layer)
+        check_form(form)
+        gen = torch.Generator().manual_seed(seed)
+
+        def normal(*shape: int) -> Tensor:
+            return torch.randn(*shape, generator=gen)
+
+        if form == "vector":
+            return cls("vector", layer, delta_b=gain * normal(d_out) / math.sqrt(d_out))
+        if form == "local_weight":
+            return cls(
+                "local_weight",
+                layer,
+                delta_w=gain * normal(d_out, d_in) / math.sqrt(d_in * d_out),
+                delta_b=gain * normal(d_out) / math.sqrt(d_out),
+            )
+        return cls(
+            "lora",
+            layer,
+            lora_a=normal(rank, d_in) / math.sqrt(d_in),
+            lora_b=gain * normal(d_out, rank) / math.sqrt(rank * d_out),
+        )
+
+    # ----- the update ---------------------------------------------------------------------------
+    @property
+    def rank(self) -> int | None:
+        return self.lora_a.shape[0] if self.form == "lora" else None
+
+    @property
+    def d_in(self) -> int | None:
+        """Input width of ΔW (the MLP's d_ff); None for the vector form, which has no ΔW."""
+        if self.form == "vector":
+            return None
+        return self.lora_a.shape[1] if self.form == "lora" else self.delta_w.shape[1]
+
+    @property
+    def d_out(self) -> int:
+        return self.lora_b.shape[0] if self.form == "lora" else self.delta_b.shape[0]
+
+    def delta_weight(self) -> Tensor | None:
+        """ΔW as a full (d_out, d_in) matrix (B·A for LoRA); None for the vector form."""
+        if self.form == "lora":
+            return self.lora_b @ self.lora_a
+        return self.delta_w if self.form == "local_weight" else None
+
+    def delta_bias(self) -> Tensor | None:
+        """Δb, or None for LoRA, which has no bias term (Table 1)."""
+        return None if self.form == "lora" else self.delta_b
+
+    def delta(self, h: Tensor) -> Tensor:
+        """ΔW h + Δb for down-projection inputs h (..., d_in): Δh at m = 1 (Eq. 5).
+
+        For the vector form h is ignored: Δh = Δb at every position.
+        """
+        if self.form == "vector":
+            return self.delta_b.to(h.dtype).expand(*h.shape[:-1], self.d_out)
+        if self.form == "lora":
+            return (h @ self.lora_a.to(h.dtype).T) @ self.lora_b.to(h.dtype).T
+        return h @ self.delta_w.to(h.dtype).T + self.delta_b.to(h.dtype)
+
+    def check_fits(self, model: nn.Module) -> None:
+        """Raise a ValueError if the layer or a shape does not fit `model`."""
+        check_layer(model, self.layer)
+        d_in, d_out = _down_proj_shape(model, self.layer)
+        if self.d_out != d_out:
+            what = "delta_b" if self.form != "lora" else "lora_b"
+            raise ValueError(
+                f"{self.form} update does not fit layer {self.layer}: {what} gives d_out={self.d_out} "
+                f"but the model's hidden size is {d_out}"
+            )
+        if self.form != "vector" and self.d_in != d_in:
+            what = "delta_w" if self.form == "local_weight" else "lora_a"
+            raise ValueError(
+                f"{self.form} update does not fit layer {self.layer}: {what} gives d_in={self.d_in} "
+                f"but the down-projection takes {d_in} inputs"
+            )
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @contextmanager
+    def apply(self, model: nn.Module, multiplier: float = 1.0) -> Iterator[Applied]:
+        """Hook the update into `model` for the body of a `with` block; see `Applied`."""
+        self.check_fits(model)
+        handle = Applied(self, float(multiplier))
+        # prepend: run before any other hook on the module (transformers records
+        # output_hidden_states with its own hooks), so every observer sees the steered value.
+        if self.form == "vector":
+            target = decoder_layers(model)[self.layer]
+            hook = target.register_forward_hook(handle._add_to_layer_output, prepend=True)
+        else:
+            target = down_projection(model, self.layer)
+            hook = target.register_forward_hook(handle._add_to_down_projection, prepend=True)
+        try:
+            yield handle
+        finally:
+            hook.remove()
+
+    # ----- persistence --------------------------------------------------------------------------
+    def save_peft(self, model: nn.Module, folder: str | Path) -> Path:
+        """Write a LoRA-form update as a peft adapter (LoRA on layer L's down-projection, scale 1)."""
+        from peft import LoraConfig
+        from safetensors.torch import save_file
+
+        if self.form != "lora":
+            raise ValueError(f"only the lora form exports to a peft adapter, not {self.form!r}")
+        self.check_fits(model)
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        module_name = _qualified_name(model, down_projection(model, self.layer))
+        config = LoraConfig(
+            r=self.rank,
+            lora_alpha=self.rank,  # peft scales B·A by alpha/r: alpha = r keeps ΔW = B·A exactly
+            lora_dropout=0.0,
+            bias="none",
+            target_modules=[module_name],
+            base_model_name_or_path=str(getattr(model.config, "name_or_path", "")) or None,
+            task_type="CAUSAL_LM",
+        )
+        config.save_pretrained(folder)
+        prefix = f"base_model.model.{module_name}"
+        save_file(
+            {
+                f"{prefix}.lora_A.weight": self.lora_a.detach().contiguous(),
+                f"{prefix}.lora_B.weight": self.lora_b.detach().contiguous(),
+            },
+            folder / "adapter_model.safetensors",
+        )
+        return folder
+
+    @classmethod
+    def load_peft(cls, folder: str | Path) -> Intervention:
+        """Read a peft LoRA adapter on one down-projection; alpha/r is folded into B."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        config = json.loads((folder / "adapter_config.json").read_text())
+        if config.get("use_dora"):
+            raise ValueError(f"{folder}: DoRA adapters are not a LoRA-form update")
+        tensors = load_file(folder / "adapter_model.safetensors")
+        a_keys = [k for k in tensors if k.endswith(".mlp.down_proj.lora_A.weight")]
+        if len(a_keys) != 1 or len(tensors) != 2:
+            raise ValueError(
+                f"{folder}: expected LoRA on exactly one mlp.down_proj, found tensors {sorted(tensors)}"
+            )
+        a_key = a_keys[0]
+        layer = _layer_index(a_key)
+        lora_a = tensors[a_key]
+        lora_b = tensors[a_key.replace("lora_A", "lora_B")]
+        rank, alpha = lora_a.shape[0], config.get("lora_alpha", lora_a.shape[0])
+        scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+        return cls("lora", layer, lora_a=lora_a, lora_b=lora_b * scaling)
+
+    def __repr__(self) -> str:
+        shape = {"vector": f"d={self.d_out}", "lora": f"r={self.rank}", "local_weight": f"{self.d_out}x{self.d_in}"}
+        return f"Intervention(form={self.form!r}, layer={self.layer}, {shape[self.form]})"
+
+
+@dataclass
+class Applied:
+    """A live intervention; set `multiplier` to change m without touching the hooks."""
+
+    intervention: Intervention
+    multiplier: float
+
+    def _add_to_layer_output(self, module: nn.Module, inputs: tuple, output: Tensor | tuple) -> object:
+        if self.multiplier == 0:
+            return None  # leave the output untouched: m = 0 is bit-identical to no intervention
+        shift = self.multiplier * self.intervention.delta_b
+        if isinstance(output, tuple):  # older transformers return (hidden, ...) from a block
+            return (output[0] + shift.to(output[0].dtype),) + output[1:]
+        return output + shift.to(output.dtype)
+
+    def _add_to_down_projection(self, module: nn.Module, inputs: tuple, output: Tensor) -> object:
+        if self.multiplier == 0:
+            return None
+        return output + self.multiplier * self.intervention.delta(inputs[0])
+
+
+@dataclass
+class LayerRecord:
+    """Activations seen by one forward pass at one layer (filled by `record_layer`)."""
+
+    down_proj_input: Tensor | None = None
+    down_proj_output: Tensor | None = None
+    layer_output: Tensor | None = None
+
+
+@contextmanager
+def record_layer(model: nn.Module, layer: int) -> Iterator[LayerRecord]:
+    """Record the down-projection's input and output and the block output of `layer`.
+
+    An applied intervention's hooks run first, so the recorded down-projection output and block
+    output include its effect whichever `with` block is outermost.
+    """
+    record = LayerRecord()
+
+    def keep_proj(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        record.down_proj_input, record.down_proj_output = inputs[0].detach(), output.detach()
+
+    def keep_block(module: nn.Module, inputs: tuple, output: Tensor | tuple) -> None:
+        record.layer_output = (output[0] if isinstance(output, tuple) else output).detach()
+
+    proj_hook = down_projection(model, layer).register_forward_hook(keep_proj)
+    block_hook = decoder_layers(model)[layer].register_forward_hook(keep_block)
+    try:
+        yield record
+    finally:
+        proj_hook.remove()
+        block_hook.remove()
+
+
+def parameter_table(model: nn.Module, layer: int, rank: int = 4) -> list[dict[str, object]]:
+    """The paper's Table 1 for `model`'s own sizes: each form's formula and parameter count."""
+    d_in, d_out = _down_proj_shape(model, layer)
+    return [
+        {
+            "form": "local_weight",
+            "update": "(W + mΔW) h + (b + mΔb)",
+            "Δh": "m(ΔW h + Δb)",
+            "size formula": "d_in·d_out + d_out",
+            "parameters": d_in * d_out + d_out,
+        },
+        {
+            "form": "lora",
+            "update": "(W + m·BA) h + b",
+            "Δh": "m·BA h",
+            "size formula": "d_in·r + r·d_out",
+            "parameters": d_in * rank + rank * d_out,
+        },
+        {
+            "form": "vector",
+            "update": "W h + (b + mΔb)",
+            "Δh": "m·Δb",
+            "size formula": "d_out",
+            "parameters": d_out,
+        },
+    ]
+
+
+def _down_proj_shape(model: nn.Module, layer: int) -> tuple[int, int]:
+    proj = down_projection(model, layer)
+    return proj.in_features, proj.out_features
+
+
+def _qualified_name(model: nn.Module, module: nn.Module) -> str:
+    for name, candidate in model.named_modules():
+        if candidate is module:
+            return name
+    raise ValueError("module not found in model")
+
+
+def _layer_index(key: str) -> int:
+    parts = key.split(".")
+    try:
+        return int(parts[parts.index("layers") + 1])
+    except (ValueError, IndexError):
+        raise ValueError(f"cannot read a layer index from adapter tensor {key!r}") from None

@@ -1,0 +1,119 @@
+"""Run profiles: one name fixes the model, layer, dtype, device, data sizes and grids.
+
+`SPLITLIB_PROFILE` picks one (default `cpu`); chapters read it through `get_profile()` so the
+same code runs on a laptop CPU with the embedded model and on a GPU with the paper's models.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+PROFILE_ENV = "SPLITLIB_PROFILE"
+DEFAULT_PROFILE = "cpu"
+EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
+
+
+@dataclass(frozen=True)
+class SplitSizes:
+    """Train/test sizes of one task (AxBench sizes are per concept)."""
+
+    train: int
+    test: int
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything a chapter needs to know about where and at what scale it runs."""
+
+    name: str
+    model: str
+    layer: int
+    dtype: str
+    device: str
+    splits: dict[str, SplitSizes]
+    vector_grid: tuple[float, ...]
+    weight_grid: tuple[float, ...]
+    lora_rank: int
+    seed: int = 42
+    description: str = ""
+    paper_setup: bool = False
+    extras: dict[str, object] = field(default_factory=dict)
+
+    def rerun_hint(self) -> str:
+        """How a reader re-runs a chapter with the paper's models."""
+        return (
+            "On a GPU with a Hugging Face connection: "
+            "`SPLITLIB_PROFILE=gemma-2-9b-it make book` (or `qwen2.5-7b-it`)."
+        )
+
+
+def _symmetric(values: tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(sorted({-v for v in values} | {0.0} | set(values)))
+
+
+_PAPER_SPLITS = {
+    "psychopathy": SplitSizes(500, 100),
+    "powerseeking": SplitSizes(500, 200),
+    "axbench": SplitSizes(64, 8),
+}
+# The reference configs train vectors with factors 2..20 and weights with 0.2..2.0 (digest §5.3);
+# sweeps reach past them so the convergence region is visible.
+_PAPER_VECTOR_GRID = _symmetric((1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 25, 30, 40))
+_PAPER_WEIGHT_GRID = _symmetric((0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 4.0))
+
+PROFILES: dict[str, Profile] = {
+    "cpu": Profile(
+        name="cpu",
+        model=EMBEDDED_MODEL,
+        layer=15,  # a middle layer of 30; the largest preference slope in the probe (embedded-model.md)
+        dtype="float32",
+        device="cpu",
+        splits={
+            "psychopathy": SplitSizes(96, 48),
+            "powerseeking": SplitSizes(64, 32),
+            "axbench": SplitSizes(8, 4),
+        },
+        vector_grid=_symmetric((0.5, 1, 2, 4, 6, 8, 12, 16)),
+        weight_grid=_symmetric((0.25, 0.5, 1, 1.5, 2, 3, 4)),
+        lora_rank=4,
+        description="The embedded SmolLM2-135M-Instruct on a CPU, at sizes that fit CI.",
+    ),
+    "gemma-2-9b-it": Profile(
+        name="gemma-2-9b-it",
+        model="google/gemma-2-9b-it",
+        layer=20,
+        dtype="bfloat16",
+        device="cuda",
+        splits=dict(_PAPER_SPLITS),
+        vector_grid=_PAPER_VECTOR_GRID,
+        weight_grid=_PAPER_WEIGHT_GRID,
+        lora_rank=4,
+        description="The paper's Gemma-2-9B-IT setup: layer 20, bf16, paper split sizes.",
+        paper_setup=True,
+    ),
+    "qwen2.5-7b-it": Profile(
+        name="qwen2.5-7b-it",
+        model="Qwen/Qwen2.5-7B-Instruct",
+        layer=14,
+        dtype="bfloat16",
+        device="cuda",
+        splits=dict(_PAPER_SPLITS),
+        vector_grid=_PAPER_VECTOR_GRID,
+        weight_grid=_PAPER_WEIGHT_GRID,
+        lora_rank=4,
+        description="The paper's Qwen-2.5-7B-Instruct setup: layer 14, bf16, paper split sizes.",
+        paper_setup=True,
+    ),
+}
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The named profile, else the one `SPLITLIB_PROFILE` names, else `cpu`."""
+    chosen = name or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
+    try:
+        return PROFILES[chosen]
+    except KeyError:
+        source = "argument" if name else f"${PROFILE_ENV}"
+        raise ValueError(
+            f"unknown profile {chosen!r} (from the {source}); choose one of {sorted(PROFILES)}"
+        ) from None

@@ -1,0 +1,52 @@
+"""Tiny random-init models of each supported architecture: they run in milliseconds."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+ARCHITECTURES = ("llama", "qwen2", "gemma2")
+
+
+def tiny_model(arch: str, seed: int = 0) -> torch.nn.Module:
+    """A 4-layer model of `arch` with random weights (and a bias-free down-projection, as in HF)."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    common = dict(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    config_cls, model_cls = {
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "gemma2": (Gemma2Config, Gemma2ForCausalLM),
+    }[arch]
+    extra = {"head_dim": 8} if arch == "gemma2" else {}
+    torch.manual_seed(seed)
+    model = model_cls(config_cls(**common, **extra)).eval()
+    model.requires_grad_(False)
+    # HF initialises norms to 1 (Gemma: to 0, used as 1 + w); perturb them so a post-norm matters.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    return model
+
+
+@pytest.fixture(params=ARCHITECTURES)
+def arch(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def model(arch: str) -> torch.nn.Module:
+    return tiny_model(arch)
+
+
+@pytest.fixture
+def tokens() -> torch.Tensor:
+    return torch.randint(0, 97, (2, 11), generator=torch.Generator().manual_seed(1))
