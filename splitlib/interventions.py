@@ -10,6 +10,7 @@ and every hook is removed on exit, also when the body raises.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Iterator
@@ -17,10 +18,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
 from .models import check_layer, decoder_layers, down_projection
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FORMS = ("vector", "lora", "local_weight")
 
@@ -104,9 +110,17 @@ class Intervention(nn.Module):
 
     @classmethod
     def random(
-        cls, model: nn.Module, form: str, layer: int, rank: int = 4, seed: int = 0, gain: float = 1.0
+        cls,
+        model: nn.Module,
+        form: str,
+        layer: int,
+        rank: int = 4,
+        seed: int = 0,
+        gain: float = 1.0,
+        bias: bool = True,
     ) -> Intervention:
-        """A seeded random update with ‖Δb‖ ≈ gain and ‖ΔW h‖ ≈ gain·RMS(h).
+        """A seeded random update with ‖Δb‖ ≈ gain and ‖ΔW h‖ ≈ gain·RMS(h); `bias=False` gives a
+        local-weight update with Δb = 0.
 
         A teaching and testing device, not a trained intervention.
         """
@@ -124,7 +138,7 @@ class Intervention(nn.Module):
                 "local_weight",
                 layer,
                 delta_w=gain * normal(d_out, d_in) / math.sqrt(d_in * d_out),
-                delta_b=gain * normal(d_out) / math.sqrt(d_out),
+                delta_b=gain * normal(d_out) / math.sqrt(d_out) * float(bias),
             )
         return cls(
             "lora",
@@ -320,6 +334,72 @@ def record_layer(model: nn.Module, layer: int) -> Iterator[LayerRecord]:
     finally:
         proj_hook.remove()
         block_hook.remove()
+
+
+def _masked(values: Tensor, mask: Tensor | None) -> Tensor:
+    """Rows of `values` (..., d) at real tokens only, flattened to (n_tokens, d)."""
+    flat = values.reshape(-1, values.shape[-1])
+    return flat if mask is None else flat[mask.reshape(-1).bool()]
+
+
+def calibrate(
+    intervention: Intervention, model: nn.Module, batch: dict[str, Tensor], relative_norm: float
+) -> Intervention:
+    """A copy of `intervention` rescaled so that, over the batch's tokens, the median ‖ΔW h + Δb‖
+    is `relative_norm` times the median norm of layer L's output (forms compared at equal strength)."""
+    mask = batch.get("attention_mask")
+    with torch.no_grad(), record_layer(model, intervention.layer) as seen:
+        model(**batch)
+        median = _masked(intervention.delta(seen.down_proj_input), mask).norm(dim=-1).median()
+        residual = _masked(seen.layer_output, mask).norm(dim=-1).median()
+    if not torch.isfinite(median) or median == 0:
+        raise ValueError(f"cannot calibrate {intervention!r}: its median Δh on this batch is {median.item()}")
+    factor = float(relative_norm * residual / median)
+    scaled = copy.deepcopy(intervention)
+    with torch.no_grad():
+        for name in ("delta_b", "delta_w", "lora_b"):
+            if hasattr(scaled, name):
+                getattr(scaled, name).mul_(factor)
+    return scaled
+
+
+def measure_delta_h(
+    model: nn.Module, intervention: Intervention, batch: dict[str, Tensor], multipliers: list[float]
+) -> pd.DataFrame:
+    """Measured Δh against Eq. 5's m(ΔW h + Δb), token by token, at each multiplier.
+
+    Δh is measured where the form acts: the block output for the vector form, the
+    down-projection output for the weight forms. One row per (m, token).
+    """
+    import pandas as pd
+
+    mask = batch.get("attention_mask")
+    site = "layer_output" if intervention.form == "vector" else "down_proj_output"
+    with torch.no_grad():
+        with record_layer(model, intervention.layer) as plain:
+            model(**batch)
+        formula_at_one = _masked(intervention.delta(plain.down_proj_input), mask)
+        residual_norm = _masked(plain.layer_output, mask).norm(dim=-1)
+        frames = []
+        for m in multipliers:
+            with record_layer(model, intervention.layer) as steered, intervention.apply(model, m):
+                model(**batch)
+            measured = _masked(getattr(steered, site) - getattr(plain, site), mask)
+            formula = m * formula_at_one
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "form": intervention.form,
+                        "m": m,
+                        "token": range(measured.shape[0]),
+                        "measured_norm": measured.norm(dim=-1).numpy(),
+                        "formula_norm": formula.norm(dim=-1).numpy(),
+                        "max_abs_error": (measured - formula).abs().amax(dim=-1).numpy(),
+                        "residual_norm": residual_norm.numpy(),
+                    }
+                )
+            )
+    return pd.concat(frames, ignore_index=True)
 
 
 def parameter_table(model: nn.Module, layer: int, rank: int = 4) -> list[dict[str, object]]:

@@ -97,13 +97,38 @@ def load_model(
 
     if isinstance(source, Profile):
         source, dtype, device = source.model, source.dtype, source.device
+    from transformers.utils import logging as hf_logging
+
     folder = embedded_model_dir() if source == EMBEDDED_MODEL else source
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=parse_dtype(dtype), **from_pretrained_kwargs)
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a per-tensor bar on every load is noise in a chapter
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=parse_dtype(dtype), **from_pretrained_kwargs)
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
     model.to(device).eval()
     model.requires_grad_(False)
     model.config.name_or_path = str(source)
     return model, tokenizer
+
+
+def encode_chat(tokenizer: object, questions: list[str], device: str | None = None) -> dict[str, torch.Tensor]:
+    """Each question as one user turn of the chat template plus the generation prompt, right-padded.
+
+    Returns `input_ids` and `attention_mask` (1 on real tokens), ready for `model(**batch)`.
+    """
+    if not questions:
+        raise ValueError("encode_chat needs at least one question")
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        for q in questions
+    ]
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    return {k: v.to(device) if device else v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
 
 
 def describe_model(model: nn.Module) -> ModelInfo:

@@ -107,6 +107,29 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+def run_box(profile: Profile, model_info: object, data: str) -> object:
+    """The box at the top of every chapter: what rendered it and how to re-run it at paper scale.
+
+    Returned as MyST Markdown, which the book renders as an admonition.
+    """
+    from IPython.display import Markdown
+
+    scale = "the paper's setup" if profile.paper_setup else "a small model at CI sizes: shapes, not magnitudes"
+    return Markdown(
+        "```{admonition} How this page was rendered\n"
+        ":class: note\n\n"
+        f"- **Profile:** `{profile.name}`: {profile.description}\n"
+        f"- **Model:** `{profile.model}` ({model_info.architecture}, {model_info.n_layers} layers, "
+        f"hidden size {model_info.hidden_size}, {model_info.n_parameters / 1e6:.1f} M parameters, "
+        f"{model_info.dtype} on {model_info.device})\n"
+        f"- **Intervention layer:** {profile.layer}\n"
+        f"- **Data:** {data}\n"
+        f"- **Scale:** {scale}\n\n"
+        f"To re-run at paper scale: {profile.rerun_hint()}\n"
+        "```"
+    )
+
+
 def get_profile(name: str | None = None) -> Profile:
     """The named profile, else the one `SPLITLIB_PROFILE` names, else `cpu`."""
     chosen = name or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE

@@ -1,0 +1,48 @@
+# Two commands do everything on a fresh machine with only the package registry:
+#   make book   set up .venv, execute the chapters that changed, build the HTML into _build/html
+#   make test   set up .venv, run the test suite and every chapter (nbmake), build the HTML with -W
+# Pick a profile with SPLITLIB_PROFILE=<name> (default cpu); each profile has its own outputs.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PROFILE ?= $(or $(SPLITLIB_PROFILE),cpu)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+NB_TIMEOUT := 900
+# torch first, pinned: anything that resolves torch itself pulls GBs of CUDA wheels.
+TORCH := $(shell python3 -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); print(next(p for p in d['project']['dependencies'] if p.startswith('torch==')))")
+NO_DEPS := $(shell python3 -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['tool']['splitlib']['no-deps']))")
+NBMAKE := -p no:cacheprovider --nbmake --nbmake-timeout=$(NB_TIMEOUT) --overwrite
+
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export SPLITLIB_PROFILE := $(PROFILE)
+export PYTHONHASHSEED := 0
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: book test setup clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[book]"
+	$(PY) -m pip install --quiet --no-deps $(NO_DEPS)
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+setup: $(STAMP)
+
+book: setup
+	stale="$$($(PY) -m splitlib.build prepare)"; \
+	if [ -n "$$stale" ]; then $(PY) -m pytest $(NBMAKE) $$stale; else echo "all chapters up to date"; fi
+	$(PY) -m splitlib.build record
+	$(PY) -m splitlib.build html
+
+test: setup
+	$(PY) -m splitlib.build prepare --force > /dev/null
+	$(PY) -m pytest tests _notebooks/$(PROFILE) $(NBMAKE)
+	$(PY) -m splitlib.build record
+	$(PY) -m splitlib.build html
+
+clean:
+	rm -rf _build _notebooks

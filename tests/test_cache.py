@@ -1,0 +1,68 @@
+"""The artifact cache: atomic, locked, never serves a half-written folder."""
+from __future__ import annotations
+
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+
+from splitlib.cache import atomic_directory, cached_directory, stable_hash
+
+
+def test_stable_hash_ignores_key_order_and_sees_values():
+    assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
+    assert stable_hash({"a": 1}) != stable_hash({"a": 2})
+
+
+def test_a_failed_build_leaves_nothing(tmp_path):
+    final = tmp_path / "artifact"
+    with pytest.raises(RuntimeError, match="killed"):
+        with atomic_directory(final) as tmp:
+            (tmp / "half.bin").write_bytes(b"12")
+            raise RuntimeError("killed")
+    assert not final.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cached_directory_builds_once(tmp_path):
+    calls = []
+
+    def build(folder: Path) -> None:
+        calls.append(folder)
+        (folder / "value.txt").write_text("42")
+
+    first = cached_directory(tmp_path / "x", build)
+    second = cached_directory(tmp_path / "x", build)
+    assert first == second and (first / "value.txt").read_text() == "42"
+    assert len(calls) == 1
+
+
+def test_a_leftover_temporary_folder_is_never_picked_up(tmp_path):
+    (tmp_path / ".tmp-x-deadbeef").mkdir()  # what a killed run leaves behind
+    (tmp_path / ".tmp-x-deadbeef" / "value.txt").write_text("half")
+    result = cached_directory(tmp_path / "x", lambda folder: (folder / "value.txt").write_text("whole"))
+    assert (result / "value.txt").read_text() == "whole"
+
+
+def _slow_build(final: str, log: str) -> None:
+    def build(folder: Path) -> None:
+        with open(log, "a") as handle:
+            handle.write("built\n")
+        time.sleep(0.5)
+        (folder / "value.txt").write_text("done")
+
+    cached_directory(final, build)
+
+
+def test_concurrent_builders_build_once(tmp_path):
+    log = tmp_path / "log.txt"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_slow_build, args=(str(tmp_path / "x"), str(log))) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert log.read_text() == "built\n"
+    assert (tmp_path / "x" / "value.txt").read_text() == "done"
