@@ -191,6 +191,8 @@ def html(profile: str, root: Path = ROOT) -> Path:
     bin_dir = Path(sys.executable).parent
     subprocess.run([str(bin_dir / "jupyter-book"), "config", "sphinx", str(site)], check=True)
     out = html_dir(profile, root)
+    if out.exists():
+        shutil.rmtree(out)  # no page or image of an earlier build survives
     doctrees = root / "_build" / profile / "doctrees"
     subprocess.run(
         [str(bin_dir / "sphinx-build"), "-W", "--keep-going", "-q", "-E", "-b", "html", "-d", str(doctrees), str(site), str(out)],

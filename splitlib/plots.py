@@ -19,25 +19,34 @@ def set_style() -> None:
 
 
 def delta_h_figure(measurements: pd.DataFrame) -> Figure:
-    """Left: ‖Δh‖ relative to the residual norm against m, median and 5-95 % band over tokens, per form.
-    Right: measured ‖Δh‖ against the formula's, every token and multiplier (a parity plot)."""
+    """One panel per form: ‖Δh‖ relative to the median residual norm against m (median and
+    5-95 % band over tokens). Last panel: measured ‖Δh‖ against the formula's, every token and m."""
     import matplotlib.pyplot as plt
     import numpy as np
 
     data = measurements.assign(relative=measurements.measured_norm / measurements.residual_norm.median())
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for form, group in data.groupby("form", sort=False):
-        per_m = group.groupby("m")["relative"]
-        colour, label = FORM_COLOURS[form], FORM_LABELS[form]
-        left.plot(per_m.median().index, per_m.median().values, marker="o", color=colour, label=label)
-        left.fill_between(per_m.median().index, per_m.quantile(0.05).values, per_m.quantile(0.95).values,
-                          color=colour, alpha=0.2, linewidth=0)
-        right.scatter(group.formula_norm, group.measured_norm, s=6, alpha=0.4, color=colour, label=label)
-    left.set(xlabel="multiplier m", ylabel="‖Δh‖ / median ‖h‖ at layer L", title="How far each form moves the activations")
-    left.legend(title="form (band: 5-95 % of tokens)")
+    forms = list(dict.fromkeys(data.form))
+    fig, axes = plt.subplots(1, len(forms) + 1, figsize=(4 * (len(forms) + 1), 3.8))
+    for ax, form in zip(axes, forms):
+        per_m = data[data.form == form].groupby("m")["relative"]
+        colour = FORM_COLOURS[form]
+        median = per_m.median()
+        ax.fill_between(median.index, per_m.quantile(0.05).values, per_m.quantile(0.95).values,
+                        color=colour, alpha=0.25, linewidth=0, label="5-95 % of tokens")
+        ax.plot(median.index, median.values, marker="o", color=colour, label="median token")
+        ax.set(xlabel="multiplier m", title=FORM_LABELS[form])
+        ax.legend(loc="upper center", fontsize="small")
+    axes[0].set_ylabel("‖Δh‖ / median ‖h‖ at layer L")
+    for ax in axes[1 : len(forms)]:
+        ax.sharey(axes[0])
+    parity = axes[-1]
+    for form in forms:
+        group = data[data.form == form]
+        parity.scatter(group.formula_norm, group.measured_norm, s=6, alpha=0.4, color=FORM_COLOURS[form],
+                       label=FORM_LABELS[form])
     top = float(np.nanmax([data.formula_norm.max(), data.measured_norm.max()]))
-    right.plot([0, top], [0, top], color="black", linewidth=0.8, linestyle="--", label="measured = formula")
-    right.set(xlabel="‖m(ΔW h + Δb)‖ (Eq. 5)", ylabel="measured ‖Δh‖", title="Measured against the formula")
-    right.legend()
+    parity.plot([0, top], [0, top], color="black", linewidth=0.8, linestyle="--", label="measured = formula")
+    parity.set(xlabel="‖m(ΔW h + Δb)‖ (Eq. 5)", ylabel="measured ‖Δh‖", title="measured against formula")
+    parity.legend(fontsize="small")
     fig.tight_layout()
     return fig
