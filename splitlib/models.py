@@ -131,6 +131,45 @@ def encode_chat(tokenizer: object, questions: list[str], device: str | None = No
     return {k: v.to(device) if device else v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
 
 
+def generate(
+    model: nn.Module, tokenizer: object, questions: list[str], max_new_tokens: int, batch_size: int = 8
+) -> list[str]:
+    """Greedy answers to each question as a user turn (deterministic), without special tokens."""
+    from .scoring import chat_prompt
+
+    device = next(model.parameters()).device
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues at the right edge
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    answers = []
+    try:
+        for start in range(0, len(questions), batch_size):
+            texts = [chat_prompt(tokenizer, q) for q in questions[start : start + batch_size]]
+            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            with torch.no_grad():
+                out = model.generate(
+                    **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+                )
+            answers += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+    return [a.strip() for a in answers]
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A cheap identity of a model's weights: name, config and a strided sample of every tensor."""
+    import hashlib
+
+    digest = hashlib.sha256(str(getattr(model.config, "name_or_path", "")).encode())
+    digest.update(model.config.to_json_string(use_diff=False).encode())
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            flat = tensor.reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes()
+            digest.update(name.encode() + sample)
+    return digest.hexdigest()[:16]
+
+
 def describe_model(model: nn.Module) -> ModelInfo:
     """Sizes and placement of a loaded model."""
     config = model.config

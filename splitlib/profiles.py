@@ -31,9 +31,14 @@ class Profile:
     dtype: str
     device: str
     splits: dict[str, SplitSizes]
-    vector_grid: tuple[float, ...]
-    weight_grid: tuple[float, ...]
+    vector_grid: tuple[float, ...]  # multipliers for trained vectors (the reference trains with 2..20)
+    weight_grid: tuple[float, ...]  # multipliers for LoRA and local weight (trained with 0.2..2.0)
+    relative_grid: tuple[float, ...]  # ‖mΔb‖ in units of the median residual norm (for DiffMean)
     lora_rank: int
+    axbench_concepts: tuple[int, ...] = tuple(range(10))
+    max_answer_tokens: int | None = None  # truncate long answers (AxBench) before scoring
+    generation_tokens: int = 128  # new tokens for A_n of AxBench and for steered examples
+    batch_size: int = 16  # sequences per forward pass in sweeps
     seed: int = 42
     description: str = ""
     paper_setup: bool = False
@@ -59,6 +64,7 @@ _PAPER_SPLITS = {
 # The reference configs train vectors with factors 2..20 and weights with 0.2..2.0 (digest §5.3);
 # sweeps reach past them so the convergence region is visible.
 _PAPER_VECTOR_GRID = _symmetric((1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 25, 30, 40))
+_PAPER_RELATIVE_GRID = _symmetric((0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0))
 _PAPER_WEIGHT_GRID = _symmetric((0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 4.0))
 
 PROFILES: dict[str, Profile] = {
@@ -75,7 +81,12 @@ PROFILES: dict[str, Profile] = {
         },
         vector_grid=_symmetric((0.5, 1, 2, 4, 6, 8, 12, 16)),
         weight_grid=_symmetric((0.25, 0.5, 1, 1.5, 2, 3, 4)),
+        relative_grid=_symmetric((0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)),
         lora_rank=4,
+        axbench_concepts=(0, 1),
+        max_answer_tokens=48,
+        generation_tokens=48,
+        batch_size=32,
         description="The embedded SmolLM2-135M-Instruct on a CPU, at sizes that fit CI.",
     ),
     "gemma-2-9b-it": Profile(
@@ -87,6 +98,7 @@ PROFILES: dict[str, Profile] = {
         splits=dict(_PAPER_SPLITS),
         vector_grid=_PAPER_VECTOR_GRID,
         weight_grid=_PAPER_WEIGHT_GRID,
+        relative_grid=_PAPER_RELATIVE_GRID,
         lora_rank=4,
         description="The paper's Gemma-2-9B-IT setup: layer 20, bf16, paper split sizes.",
         paper_setup=True,
@@ -100,6 +112,7 @@ PROFILES: dict[str, Profile] = {
         splits=dict(_PAPER_SPLITS),
         vector_grid=_PAPER_VECTOR_GRID,
         weight_grid=_PAPER_WEIGHT_GRID,
+        relative_grid=_PAPER_RELATIVE_GRID,
         lora_rank=4,
         description="The paper's Qwen-2.5-7B-Instruct setup: layer 14, bf16, paper split sizes.",
         paper_setup=True,

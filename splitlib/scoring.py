@@ -1,0 +1,103 @@
+"""Preference and utility log-odds from two teacher-forced losses (the paper's §3.2, App. D).
+
+A polarity pair is scored by the losses of its concept-positive answer A_p and concept-negative
+answer A_n to the same question:
+
+    PrefOdds = L_n - L_p
+    UtilOdds = log[(e^-L_p + e^-L_n) / (1 - e^-L_p - e^-L_n)]
+
+The prompt is the chat template with the question as the user turn plus the generation prompt;
+the scored completion is the answer plus the template's end-of-turn text. Prompt tokens are not
+scored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+LossKind = Literal["mean", "sum"]
+LOSS_KINDS = ("mean", "sum")
+# Where e^-L_p + e^-L_n reaches 1 the utility log-odds is undefined; the sum is clamped to
+# 1 - UTIL_CLAMP_EPS (UtilOdds <= ~13.8) and the pair is counted as clamped.
+UTIL_CLAMP_EPS = 1e-6
+_MARKER = "\u2063SPLITLIB-ANSWER\u2063"
+
+
+def check_loss(loss: str) -> str:
+    if loss not in LOSS_KINDS:
+        raise ValueError(f"unknown loss {loss!r}; choose 'mean' (mean token NLL, the reference code's) or 'sum'")
+    return loss
+
+
+def chat_prompt(tokenizer: object, question: str) -> str:
+    """The question as one user turn plus the generation prompt, as text (the template's own
+    default system prompt, if any, is kept, as in the reference code with an empty system prompt)."""
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def end_of_turn(tokenizer: object) -> str:
+    """The text the chat template appends after an assistant message (e.g. '<|im_end|>\\n')."""
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "1"}, {"role": "assistant", "content": _MARKER}], tokenize=False
+    )
+    return text[text.rindex(_MARKER) + len(_MARKER) :]
+
+
+@dataclass(frozen=True)
+class EncodedPair:
+    """Token ids of a pair's prompt and of its two completions (answer + end-of-turn text)."""
+
+    prompt: tuple[int, ...]
+    positive: tuple[int, ...]
+    negative: tuple[int, ...]
+
+
+def encode_pair(tokenizer: object, question: str, positive: str, negative: str,
+                max_answer_tokens: int | None = None) -> EncodedPair:
+    """Prompt tokens and the tokens of each answer + end-of-turn text.
+
+    Prompt and completions are tokenised separately, the way a model generating the answer would
+    see them. `max_answer_tokens` truncates long answers (before the end-of-turn text).
+    """
+    prompt = tokenizer(chat_prompt(tokenizer, question), add_special_tokens=False).input_ids
+    suffix = tokenizer(end_of_turn(tokenizer), add_special_tokens=False).input_ids
+
+    def completion(answer: str) -> tuple[int, ...]:
+        ids = tokenizer(answer, add_special_tokens=False).input_ids[:max_answer_tokens]
+        if not ids:
+            raise ValueError(f"the answer {answer!r} to {question[:60]!r} has no tokens")
+        return tuple(ids + suffix)
+
+    return EncodedPair(tuple(prompt), completion(positive), completion(negative))
+
+
+def token_nll(logits: Tensor, targets: Tensor) -> Tensor:
+    """Negative log-likelihood of each target token under logits (n, vocab), in float32."""
+    return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+
+
+def reduce_nll(nll: Tensor, lengths: list[int], loss: LossKind) -> Tensor:
+    """Per-sequence loss from a flat vector of token NLLs laid out sequence after sequence."""
+    check_loss(loss)
+    pieces = torch.split(nll, lengths)
+    return torch.stack([p.mean() if loss == "mean" else p.sum() for p in pieces])
+
+
+def pref_odds(loss_pos: np.ndarray, loss_neg: np.ndarray) -> np.ndarray:
+    """PrefOdds = L_n - L_p (Eq. 7): log P(p_p|q)/P(p_n|q) under the factorisation."""
+    return np.asarray(loss_neg, dtype=float) - np.asarray(loss_pos, dtype=float)
+
+
+def util_odds(loss_pos: np.ndarray, loss_neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """UtilOdds (Eq. 8) and a mask of the pairs whose probability sum had to be clamped below 1."""
+    total = np.exp(-np.asarray(loss_pos, dtype=float)) + np.exp(-np.asarray(loss_neg, dtype=float))
+    clamped = total >= 1.0 - UTIL_CLAMP_EPS
+    total = np.minimum(total, 1.0 - UTIL_CLAMP_EPS)
+    with np.errstate(divide="ignore"):  # total = 0 (both losses huge) gives -inf, which is the truth
+        return np.log(total) - np.log1p(-total), clamped
