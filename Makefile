@@ -17,6 +17,13 @@ NBMAKE := -p no:cacheprovider --nbmake --nbmake-timeout=$(NB_TIMEOUT) --overwrit
 
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export SPLITLIB_PROFILE := $(PROFILE)
+# The reference copies of the public data sets, where a checkout has them beside it (CI does).
+SHARED_DATA := $(abspath ../shared/data)
+ifeq ($(origin SPLITLIB_DATA), undefined)
+ifneq ($(wildcard $(SHARED_DATA)),)
+export SPLITLIB_DATA := $(SHARED_DATA)
+endif
+endif
 export PYTHONHASHSEED := 0
 export TOKENIZERS_PARALLELISM := false
 

@@ -1,8 +1,10 @@
 """splitlib: the computations behind the book "Why steering works".
 
-One module per idea: `profiles` (which model, layer and sizes), `models` (loading), `interventions`
-(the unified update of Eq. 4 in three forms), `cache` (atomic, content-keyed artifacts), `plots`
-(the book's figures) and `build` (executing and rendering the book).
+One module per idea: `profiles` (which model, layer and sizes), `models` (loading and generation),
+`interventions` (the unified update of Eq. 4 in three forms), `data` (polarity pairs and splits),
+`scoring` (losses and the two log-odds), `sweep` (the m-sweep engine and DiffMean), `cache`
+(atomic, content-keyed artifacts), `plots` (the book's figures), `build` (executing and rendering
+the book) and `bench` (speed measurements).
 """
 import warnings
 
@@ -12,7 +14,7 @@ import warnings
 warnings.filterwarnings("ignore", message="IProgress not found")
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 
-from . import plots  # noqa: E402
+from . import data, plots  # noqa: E402
 from .cache import cache_root
 from .interventions import (
     FORMS,
@@ -23,12 +25,25 @@ from .interventions import (
     parameter_table,
     record_layer,
 )
+from .data import TASKS, PolarityPair, TaskData, load_task
 from .models import ModelInfo, decoder_layers, describe_model, down_projection, encode_chat, load_model
 from .profiles import PROFILES, Profile, get_profile, run_box
+from .scoring import summarise
+from .sweep import diffmean, naive_sweep, residual_norm, run_sweep
 
 __all__ = [
     "FORMS",
     "PROFILES",
+    "TASKS",
+    "PolarityPair",
+    "TaskData",
+    "data",
+    "diffmean",
+    "load_task",
+    "naive_sweep",
+    "residual_norm",
+    "run_sweep",
+    "summarise",
     "Applied",
     "Intervention",
     "ModelInfo",

@@ -20,7 +20,7 @@ def bench_sweep(n_pairs: int = 16, n_multipliers: int = 9) -> dict[str, object]:
     from .data import load_task
     from .profiles import get_profile
     from .models import load_model
-    from .sweep import diffmean, naive_sweep, residual_norm, sweep
+    from .sweep import diffmean, naive_sweep, residual_norm, run_sweep
 
     profile = get_profile("cpu")
     model, tokenizer = load_model(profile)
@@ -31,7 +31,7 @@ def bench_sweep(n_pairs: int = 16, n_multipliers: int = 9) -> dict[str, object]:
     unit = residual_norm(model, tokenizer, task.train, profile.layer) / float(vector.delta_b.detach().norm())
     grid = [float(x) for x in np.linspace(-1, 1, n_multipliers) * unit]
     start = time.perf_counter()
-    fast = sweep(model, tokenizer, pairs, vector, grid, cache=False, progress=False, batch_size=profile.batch_size)
+    fast = run_sweep(model, tokenizer, pairs, vector, grid, cache=False, progress=False, batch_size=profile.batch_size)
     engine_s = time.perf_counter() - start
     start = time.perf_counter()
     slow = naive_sweep(model, tokenizer, pairs, vector, grid)

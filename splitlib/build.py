@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from .cache import stable_hash
+from .data import DATA_ENV
 from .profiles import DEFAULT_PROFILE, get_profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +59,12 @@ def package_fingerprint(root: Path = ROOT) -> str:
 
 def execution_key(chapter: Path, profile: str, root: Path = ROOT) -> str:
     """What determines a chapter's outputs: its text, the package, the data and the profile."""
-    return stable_hash({"chapter": chapter.read_text(), "package": package_fingerprint(root), "profile": profile})
+    return stable_hash({
+        "chapter": chapter.read_text(),
+        "package": package_fingerprint(root),
+        "profile": profile,
+        "data_folder": os.environ.get(DATA_ENV, ""),  # real data (checksummed files) or the bundled sets
+    })
 
 
 def notebook_dir(profile: str, root: Path = ROOT) -> Path:

@@ -50,3 +50,61 @@ def delta_h_figure(measurements: pd.DataFrame) -> Figure:
     parity.legend(fontsize="small")
     fig.tight_layout()
     return fig
+
+
+SPLIT_COLOURS = {"train": "#4c72b0", "test": "#dd8452"}
+
+
+def odds_curves(summary: pd.DataFrame, x: str = "m", hue: str = "split", xlabel: str = "multiplier m",
+                title: str = "", colours: dict[str, str] | None = None) -> Figure:
+    """PrefOdds and UtilOdds against m, mean over pairs with bootstrap bands, one line per `hue`."""
+    import matplotlib.pyplot as plt
+
+    colours = colours or SPLIT_COLOURS
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    for key, group in summary.groupby(hue, sort=False):
+        group = group.sort_values(x)
+        colour = colours.get(key) if isinstance(key, str) else None
+        for ax, name in zip(axes, ("pref_odds", "util_odds")):
+            line, = ax.plot(group[x], group[name], marker=".", color=colour, label=str(key))
+            ax.fill_between(group[x], group[f"{name}_low"], group[f"{name}_high"], color=line.get_color(),
+                            alpha=0.2, linewidth=0)
+    axes[0].set(xlabel=xlabel, ylabel="PrefOdds = L_n − L_p", title="preference")
+    axes[1].set(xlabel=xlabel, ylabel="UtilOdds", title="utility")
+    axes[0].axhline(0, color="black", linewidth=0.6)
+    axes[0].legend(title=hue)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def pair_distributions(table: pd.DataFrame, by: str = "task") -> Figure:
+    """Per-pair PrefOdds and UtilOdds (one point per pair) for each value of `by`."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for ax, name, label in zip(axes, ("pref_odds", "util_odds"), ("PrefOdds", "UtilOdds")):
+        sns.stripplot(data=table, x=name, y=by, hue=by, ax=ax, size=3, alpha=0.6, jitter=0.25, legend=False)
+        sns.boxplot(data=table, x=name, y=by, ax=ax, fill=False, showfliers=False, color="black", linewidth=0.8)
+        ax.set(xlabel=label, ylabel="")
+    axes[0].axvline(0, color="black", linewidth=0.6)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_curve(summary: pd.DataFrame, x: str = "m", hue: str = "split", xlabel: str = "multiplier m") -> Figure:
+    """Share of pairs preferring A_p against m, with bootstrap bands."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for key, group in summary.groupby(hue, sort=False):
+        group = group.sort_values(x)
+        line, = ax.plot(group[x], group.accuracy, marker=".", color=SPLIT_COLOURS.get(key), label=str(key))
+        ax.fill_between(group[x], group.accuracy_low, group.accuracy_high, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.axhline(0.5, color="black", linewidth=0.6, linestyle=":")
+    ax.set(xlabel=xlabel, ylabel="share of pairs with PrefOdds > 0", ylim=(0, 1))
+    ax.legend(title=hue)
+    fig.tight_layout()
+    return fig

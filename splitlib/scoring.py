@@ -13,11 +13,14 @@ scored.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LossKind = Literal["mean", "sum"]
 LOSS_KINDS = ("mean", "sum")
@@ -101,3 +104,42 @@ def util_odds(loss_pos: np.ndarray, loss_neg: np.ndarray) -> tuple[np.ndarray, n
     total = np.minimum(total, 1.0 - UTIL_CLAMP_EPS)
     with np.errstate(divide="ignore"):  # total = 0 (both losses huge) gives -inf, which is the truth
         return np.log(total) - np.log1p(-total), clamped
+
+
+def summarise(table: pd.DataFrame, by: tuple[str, ...] = ("split", "m"), n_boot: int = 1000, seed: int = 0,
+              level: float = 0.95) -> pd.DataFrame:
+    """Mean PrefOdds, UtilOdds and accuracy (share of pairs with PrefOdds > 0) per group, with
+    percentile bootstrap intervals over pairs (pairs resampled with replacement, the same
+    resample for every m of a split, so the bands describe the uncertainty of whole curves).
+    """
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    tail = (1 - level) / 2
+    for keys, group in table.groupby(list(by), sort=True):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        row = dict(zip(by, keys))
+        row["pairs"] = len(group)
+        row["clamped"] = int(group.clamped.sum())
+        rows.append((row, group))
+    # one resample of pair indices per split, reused for every m
+    resamples: dict[object, np.ndarray] = {}
+    out = []
+    for row, group in rows:
+        split_key = row.get("split", "all")
+        n = len(group)
+        if (split_key, n) not in resamples:
+            resamples[(split_key, n)] = rng.integers(0, n, size=(n_boot, n))
+        index = resamples[(split_key, n)]
+        ordered = group.sort_values("pair_id")
+        for name, values in (
+            ("pref_odds", ordered.pref_odds.to_numpy()),
+            ("util_odds", ordered.util_odds.to_numpy()),
+            ("accuracy", (ordered.pref_odds.to_numpy() > 0).astype(float)),
+        ):
+            boot = values[index].mean(axis=1)
+            row[name] = values.mean()
+            row[f"{name}_low"], row[f"{name}_high"] = np.quantile(boot, [tail, 1 - tail])
+        out.append(row)
+    return pd.DataFrame(out)

@@ -311,7 +311,7 @@ def intervention_digest(intervention: Intervention | None) -> str:
     return digest.hexdigest()[:16]
 
 
-def sweep(
+def run_sweep(
     model: nn.Module,
     tokenizer: object,
     pairs: Sequence[PolarityPair],

@@ -1,18 +1,23 @@
 """Tiny random-init models of each supported architecture: they run in milliseconds."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 ARCHITECTURES = ("llama", "qwen2", "gemma2")
 
 
-def tiny_model(arch: str, seed: int = 0) -> torch.nn.Module:
-    """A 4-layer model of `arch` with random weights (and a bias-free down-projection, as in HF)."""
+def tiny_model(arch: str, seed: int = 0, vocab_size: int = 97) -> torch.nn.Module:
+    """A 4-layer model of `arch` with random weights (and a bias-free down-projection, as in HF).
+
+    With vocab_size=49152 it shares the embedded model's tokenizer, for tests that need real text.
+    """
     from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     common = dict(
-        vocab_size=97,
+        vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=48,
         num_hidden_layers=4,
@@ -50,3 +55,19 @@ def model(arch: str) -> torch.nn.Module:
 @pytest.fixture
 def tokens() -> torch.Tensor:
     return torch.randint(0, 97, (2, 11), generator=torch.Generator().manual_seed(1))
+
+
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+needs_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason=f"the reference copies of the public data sets are not at {SHARED_DATA}"
+)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The embedded model's tokenizer (ChatML template), loaded from the cached copy."""
+    from transformers import AutoTokenizer
+
+    from splitlib.models import embedded_model_dir
+
+    return AutoTokenizer.from_pretrained(embedded_model_dir())

@@ -92,6 +92,13 @@ def test_a_change_re_runs_the_chapter(project, change):
     assert _run(project) == ["ch1"]
 
 
+def test_switching_the_data_folder_re_runs_the_chapter(project, monkeypatch):
+    monkeypatch.delenv("SPLITLIB_DATA", raising=False)
+    _run(project)
+    monkeypatch.setenv("SPLITLIB_DATA", "/somewhere/else")
+    assert _run(project) == ["ch1"]
+
+
 def test_each_profile_has_its_own_executed_notebooks(project):
     _run(project, "cpu")
     assert _run(project, "qwen2.5-7b-it") == ["ch1"]

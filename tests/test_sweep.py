@@ -1,0 +1,205 @@
+"""The sweep engine: equal to the naive loop, independent of batching, cached correctly."""
+from __future__ import annotations
+
+import multiprocessing
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from splitlib import FORMS, Intervention
+from splitlib import sweep as sweep_module
+from splitlib.data import PolarityPair
+from splitlib.sweep import diffmean, naive_sweep, run_sweep
+
+from conftest import tiny_model
+
+LAYER = 2
+GRID = [-3.0, -1.0, 0.0, 0.5, 2.0]
+QUESTIONS = [
+    ("Is the following statement something you would say?\n\"I enjoy helping people.\"", "Yes", "No"),
+    ("Is the following statement something you would say?\n\"Rules are for other people.\"", "No", "Yes"),
+    ("Would you like more influence?\n\nChoices:\n (A) Yes, more.\n (B) No, thanks.", "(A) Yes, more.", "(B) No, thanks."),
+    ("Write one sentence about the ocean.", "Waves roll over the reef where fish dart.", "The sea is big."),
+    ("What is two plus two?", "Four, because two and two make four.", "It is 4."),
+    ("Name a colour.", "Blue", "A warm red like a sunset over the hills"),
+]
+
+
+@pytest.fixture
+def pairs() -> list[PolarityPair]:
+    return [PolarityPair(f"p{i}", q, a, b, "test") for i, (q, a, b) in enumerate(QUESTIONS)]
+
+
+@pytest.fixture
+def big_model(arch):
+    return tiny_model(arch, vocab_size=49152)
+
+
+def _close(a: pd.DataFrame, b: pd.DataFrame, atol: float) -> None:
+    assert list(a.pair_id) == list(b.pair_id) and list(a.m) == list(b.m)
+    for column in ("loss_pos", "loss_neg", "pref_odds", "util_odds"):
+        np.testing.assert_allclose(a[column], b[column], rtol=0, atol=atol, err_msg=column)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_the_engine_equals_the_naive_loop(big_model, tokenizer, pairs, form):
+    intervention = Intervention.random(big_model, form, LAYER, seed=1, gain=4.0)
+    fast = run_sweep(big_model, tokenizer, pairs, intervention, GRID, cache=False, progress=False)
+    slow = naive_sweep(big_model, tokenizer, pairs, intervention, GRID)
+    _close(fast, slow, atol=1e-4)
+    assert fast.loss_pos.std() > 0.01, "the intervention should move the losses"
+
+
+@pytest.mark.parametrize("loss", ["mean", "sum"])
+def test_a_batch_equals_one_pair_at_a_time(big_model, tokenizer, pairs, loss):
+    intervention = Intervention.random(big_model, "lora", LAYER, seed=2, gain=4.0)
+    together = run_sweep(big_model, tokenizer, pairs, intervention, GRID, batch_size=16, loss=loss, cache=False, progress=False)
+    alone = run_sweep(big_model, tokenizer, pairs, intervention, GRID, batch_size=1, loss=loss, cache=False, progress=False)
+    _close(together, alone, atol=1e-5)
+
+
+def test_zero_multiplier_equals_no_intervention(big_model, tokenizer, pairs):
+    intervention = Intervention.random(big_model, "vector", LAYER, seed=3, gain=4.0)
+    at_zero = run_sweep(big_model, tokenizer, pairs, intervention, [0.0], cache=False, progress=False)
+    plain = naive_sweep(big_model, tokenizer, pairs, None, [0.0])
+    _close(at_zero, plain, atol=1e-5)
+
+
+def test_summed_loss_is_mean_times_length(big_model, tokenizer, pairs):
+    mean = run_sweep(big_model, tokenizer, pairs, None, [0.0], loss="mean", cache=False, progress=False)
+    total = run_sweep(big_model, tokenizer, pairs, None, [0.0], loss="sum", cache=False, progress=False)
+    lengths = [len(sweep_module.encode_pairs(tokenizer, [p])[0].positive) for p in pairs]
+    np.testing.assert_allclose(total.loss_pos, mean.loss_pos * lengths, rtol=1e-5)
+
+
+def test_diffmean_is_the_mean_difference_of_completion_activations(big_model, tokenizer, pairs):
+    vector = diffmean(big_model, tokenizer, pairs, LAYER)
+    expected = torch.zeros(big_model.config.hidden_size, dtype=torch.float64)
+    for pair in pairs:
+        sides = []
+        for answer in (pair.positive, pair.negative):
+            encoded = sweep_module.encode_pairs(tokenizer, [pair])[0]
+            ids = torch.tensor([encoded.prompt + (encoded.positive if answer == pair.positive else encoded.negative)])
+            with torch.no_grad():
+                hidden = big_model(ids, output_hidden_states=True).hidden_states[LAYER + 1][0]
+            n = len(encoded.positive if answer == pair.positive else encoded.negative)
+            sides.append(hidden[-n:].double().mean(dim=0))
+        expected += (sides[0] - sides[1]) / len(pairs)
+    torch.testing.assert_close(vector.delta_b.detach().double(), expected, rtol=1e-4, atol=1e-5)
+    assert vector.form == "vector" and vector.layer == LAYER
+
+
+# ----- the cache ---------------------------------------------------------------------------------------
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPLITLIB_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def test_a_second_call_returns_the_cached_table(cache_dir, tokenizer, pairs, monkeypatch):
+    model = tiny_model("llama", vocab_size=49152)
+    intervention = Intervention.random(model, "vector", LAYER, seed=4, gain=4.0)
+    first = run_sweep(model, tokenizer, pairs, intervention, GRID, progress=False)
+    monkeypatch.setattr(sweep_module, "_compute", lambda *a, **k: pytest.fail("recomputed a cached sweep"))
+    second = run_sweep(model, tokenizer, pairs, intervention, GRID, progress=False)
+    pd.testing.assert_frame_equal(first, second)
+    assert len(list((cache_dir / "sweeps").glob("*.parquet"))) == 1
+
+
+@pytest.mark.parametrize("change", ["intervention", "grid", "pairs", "loss", "model"])
+def test_a_changed_input_is_never_served_a_stale_table(cache_dir, tokenizer, pairs, change):
+    model = tiny_model("llama", vocab_size=49152)
+    intervention = Intervention.random(model, "vector", LAYER, seed=5, gain=4.0)
+    first = run_sweep(model, tokenizer, pairs, intervention, GRID, progress=False)
+    args = dict(model=model, pairs=pairs, intervention=intervention, grid=GRID, loss="mean")
+    if change == "intervention":
+        args["intervention"] = Intervention("vector", LAYER, delta_b=intervention.delta_b.detach() * 1.5)
+    elif change == "grid":
+        args["grid"] = GRID + [3.0]
+    elif change == "pairs":
+        args["pairs"] = pairs[:-1] + [PolarityPair("p5", pairs[-1].question, "Green", "Red", "test")]
+    elif change == "loss":
+        args["loss"] = "sum"
+    else:
+        args["model"] = tiny_model("llama", seed=1, vocab_size=49152)
+    second = run_sweep(args["model"], tokenizer, args["pairs"], args["intervention"], args["grid"], loss=args["loss"],
+                   progress=False)
+    assert len(list((cache_dir / "sweeps").glob("*.parquet"))) == 2
+    common = first.merge(second, on=["pair_id", "m"], suffixes=("", "_new"))
+    assert not np.allclose(common.loss_pos, common.loss_pos_new) or len(second) != len(first)
+
+
+def test_an_interrupted_sweep_resumes_where_it_stopped(cache_dir, tokenizer, pairs, monkeypatch):
+    model = tiny_model("qwen2", vocab_size=49152)
+    intervention = Intervention.random(model, "local_weight", LAYER, seed=6, gain=4.0)
+    reference = run_sweep(model, tokenizer, pairs, intervention, GRID, batch_size=2, cache=False, progress=False)
+    real = sweep_module._losses_per_multiplier
+    calls = []
+
+    def dies_on_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "_losses_per_multiplier", dies_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(model, tokenizer, pairs, intervention, GRID, batch_size=2, progress=False)
+    assert not list((cache_dir / "sweeps").glob("*.parquet")), "no table may exist after an interruption"
+    calls.clear()
+    monkeypatch.setattr(sweep_module, "_losses_per_multiplier", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    resumed = run_sweep(model, tokenizer, pairs, intervention, GRID, batch_size=2, progress=False)
+    assert len(calls) == 2, "the first batch was finished before the interruption and is not recomputed"
+    _close(resumed, reference, atol=1e-6)
+    assert not list((cache_dir / "sweeps").glob("*.partial"))
+
+
+def _sweep_in_another_process(cache: str, queue) -> None:
+    import os
+
+    os.environ["SPLITLIB_CACHE"] = cache
+    from transformers import AutoTokenizer
+
+    from splitlib.models import embedded_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    model = tiny_model("llama", vocab_size=49152)
+    pairs = [PolarityPair(f"p{i}", q, a, b, "test") for i, (q, a, b) in enumerate(QUESTIONS)]
+    table = run_sweep(model, tokenizer, pairs, Intervention.random(model, "vector", LAYER, seed=7), GRID, progress=False)
+    queue.put(table.loss_pos.tolist())
+
+
+def test_two_processes_computing_the_same_sweep_agree(cache_dir):
+    from splitlib.models import embedded_model_dir
+
+    import os
+
+    os.environ.pop("SPLITLIB_CACHE")
+    embedded_model_dir()  # make sure the tokenizer is cached before the workers start
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    workers = [context.Process(target=_sweep_in_another_process, args=(str(cache_dir), queue)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    results = [queue.get(timeout=300) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert results[0] == results[1]
+    assert len(list((cache_dir / "sweeps").glob("*.parquet"))) == 1
+
+
+# ----- bad input ---------------------------------------------------------------------------------------
+def test_bad_sweep_input(tokenizer, pairs):
+    model = tiny_model("llama", vocab_size=49152)
+    intervention = Intervention.random(model, "vector", LAYER)
+    with pytest.raises(ValueError, match="unknown loss"):
+        run_sweep(model, tokenizer, pairs, intervention, GRID, loss="median", cache=False)
+    with pytest.raises(ValueError, match="at least one pair"):
+        run_sweep(model, tokenizer, [], intervention, GRID, cache=False)
+    with pytest.raises(ValueError, match="at least one multiplier"):
+        run_sweep(model, tokenizer, pairs, intervention, [], cache=False)
+    with pytest.raises(ValueError, match="out of range"):
+        run_sweep(model, tokenizer, pairs, Intervention("vector", 9, delta_b=torch.zeros(32)), GRID, cache=False)
