@@ -205,10 +205,10 @@ class Intervention(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     @contextmanager
-    def apply(self, model: nn.Module, multiplier: float = 1.0) -> Iterator[Applied]:
+    def apply(self, model: nn.Module, multiplier: float | Tensor = 1.0, dropout: float = 0.0) -> Iterator[Applied]:
         """Hook the update into `model` for the body of a `with` block; see `Applied`."""
         self.check_fits(model)
-        handle = Applied(self, float(multiplier))
+        handle = Applied(self, multiplier if isinstance(multiplier, Tensor) else float(multiplier), dropout)
         # prepend: run before any other hook on the module (transformers records
         # output_hidden_states with its own hooks), so every observer sees the steered value.
         if self.form == "vector":
@@ -223,6 +223,33 @@ class Intervention(nn.Module):
             hook.remove()
 
     # ----- persistence --------------------------------------------------------------------------
+    def save(self, folder: str | Path, provenance: dict | None = None) -> Path:
+        """Write `intervention.safetensors` and `intervention.json` (form, layer, how it was made)."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
+                  folder / "intervention.safetensors")
+        meta = {"form": self.form, "layer": self.layer, "provenance": provenance or {}}
+        (folder / "intervention.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Intervention:
+        """Read what `save` wrote; the provenance is on `.provenance`."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / "intervention.json").read_text())
+            tensors = load_file(folder / "intervention.safetensors")
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{folder} holds no saved intervention ({error.filename} is missing)") from None
+        loaded = cls(meta["form"], meta["layer"], **tensors)
+        loaded.provenance = meta.get("provenance", {})
+        return loaded
+
     def save_peft(self, model: nn.Module, folder: str | Path) -> Path:
         """Write a LoRA-form update as a peft adapter (LoRA on layer L's down-projection, scale 1)."""
         from peft import LoraConfig
@@ -284,23 +311,41 @@ class Intervention(nn.Module):
 
 @dataclass
 class Applied:
-    """A live intervention; set `multiplier` to change m without touching the hooks."""
+    """A live intervention; set `multiplier` to change m without touching the hooks.
+
+    `multiplier` is a float, or a tensor that broadcasts against the activations (for example one
+    m per batch row, shape (batch, 1, 1), when training on examples drawn at different m).
+    `dropout` (training only) drops elements of Δh.
+    """
 
     intervention: Intervention
-    multiplier: float
+    multiplier: float | Tensor
+    dropout: float = 0.0
+
+    def _is_zero(self) -> bool:
+        return not isinstance(self.multiplier, Tensor) and self.multiplier == 0
+
+    def shift(self, delta: Tensor, dtype: torch.dtype) -> Tensor:
+        """m·Δh with this handle's multiplier and dropout, in `dtype`."""
+        return self._shift(delta, dtype)
+
+    def _shift(self, delta: Tensor, dtype: torch.dtype) -> Tensor:
+        if self.dropout:
+            delta = nn.functional.dropout(delta, self.dropout, training=True)
+        multiplier = self.multiplier.to(dtype) if isinstance(self.multiplier, Tensor) else self.multiplier
+        return multiplier * delta.to(dtype)
 
     def _add_to_layer_output(self, module: nn.Module, inputs: tuple, output: Tensor | tuple) -> object:
-        if self.multiplier == 0:
+        if self._is_zero():
             return None  # leave the output untouched: m = 0 is bit-identical to no intervention
-        shift = self.multiplier * self.intervention.delta_b
-        if isinstance(output, tuple):  # older transformers return (hidden, ...) from a block
-            return (output[0] + shift.to(output[0].dtype),) + output[1:]
-        return output + shift.to(output.dtype)
+        hidden = output[0] if isinstance(output, tuple) else output  # older transformers return a tuple
+        shifted = hidden + self._shift(self.intervention.delta_b.expand_as(hidden), hidden.dtype)
+        return (shifted,) + output[1:] if isinstance(output, tuple) else shifted
 
     def _add_to_down_projection(self, module: nn.Module, inputs: tuple, output: Tensor) -> object:
-        if self.multiplier == 0:
+        if self._is_zero():
             return None
-        return output + self.multiplier * self.intervention.delta(inputs[0])
+        return output + self._shift(self.intervention.delta(inputs[0]), output.dtype)
 
 
 @dataclass

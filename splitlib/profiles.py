@@ -22,6 +22,75 @@ class SplitSizes:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """How an intervention is trained (the reference configs' knobs, digest §5.3).
+
+    `pair_types`: "add" trains A_p to win at +m; "sub" trains A_n to win at -m (answers swapped).
+    SPLIT's loss is lambda_p*L_w + lambda_n*L_l + gamma*ReLU(theta - (L_l - L_w)).
+    """
+
+    epochs: int
+    batch_size: int
+    grad_accum: int
+    lr: float
+    factors: tuple[float, ...]
+    pair_types: tuple[str, ...] = ("add",)
+    lambda_p: float = 1.0
+    lambda_n: float = 0.5
+    gamma: float = 5.0
+    theta: float = 0.4
+    dropout: float = 0.1
+    max_grad_norm: float = 1.0
+    reps_scale: float = 1.0
+
+
+_WEIGHT_FACTORS = tuple(round(0.2 * k, 1) for k in range(1, 11))  # 0.2 ... 2.0
+_VECTOR_FACTORS = tuple(float(2 * k) for k in range(1, 11))  # 2 ... 20
+
+
+def _paper_split(epochs, batch, accum, lr, lambda_n, gamma, theta, pairs, vector=False) -> TrainConfig:
+    return TrainConfig(epochs, batch, accum, lr, _VECTOR_FACTORS if vector else _WEIGHT_FACTORS,
+                       pairs, 1.0, lambda_n, gamma, theta)
+
+
+ADD, ADD_SUB = ("add",), ("add", "sub")
+# SPLIT's reference configs per (task, form), Gemma-2 then Qwen-2.5 (digest §5.3).
+_GEMMA_SPLIT = {
+    ("psychopathy", "local_weight"): _paper_split(2, 4, 2, 0.01, 0.5, 5, 0.4, ADD),
+    ("psychopathy", "lora"): _paper_split(2, 4, 2, 0.01, 0.5, 5, 0.4, ADD_SUB),
+    ("psychopathy", "vector"): _paper_split(2, 4, 1, 0.08, 0.5, 8, 0.3, ADD_SUB, vector=True),
+    ("powerseeking", "local_weight"): _paper_split(2, 2, 2, 0.01, 0.5, 5, 0.4, ADD),
+    ("powerseeking", "lora"): _paper_split(2, 2, 2, 0.01, 0.5, 5, 0.4, ADD),
+    ("powerseeking", "vector"): _paper_split(2, 4, 1, 0.08, 0.5, 5, 0.5, ADD, vector=True),
+    ("axbench", "local_weight"): _paper_split(12, 2, 2, 0.04, 0.3, 3.5, 0.6, ADD),
+    ("axbench", "lora"): _paper_split(12, 2, 2, 0.04, 0.5, 5, 0.45, ADD),
+    ("axbench", "vector"): _paper_split(18, 4, 1, 0.08, 0.6, 4, 0.5, ADD, vector=True),
+}
+_QWEN_SPLIT = {
+    ("psychopathy", "local_weight"): _paper_split(1, 4, 2, 0.01, 0.5, 6, 0.4, ADD),
+    ("psychopathy", "lora"): _paper_split(1, 4, 2, 0.01, 0.5, 6, 0.4, ADD_SUB),
+    ("psychopathy", "vector"): _paper_split(2, 4, 1, 0.08, 0.6, 4, 0.5, ADD_SUB, vector=True),
+    ("powerseeking", "local_weight"): _paper_split(2, 2, 2, 0.01, 0.6, 5, 0.5, ADD),
+    ("powerseeking", "lora"): _paper_split(2, 2, 2, 0.01, 0.5, 4, 0.5, ADD_SUB),
+    ("powerseeking", "vector"): _paper_split(2, 4, 1, 0.08, 0.6, 5, 0.5, ADD_SUB, vector=True),
+    ("axbench", "local_weight"): _paper_split(12, 2, 2, 0.04, 0.3, 3.5, 0.6, ADD),
+    ("axbench", "lora"): _paper_split(12, 2, 2, 0.04, 0.5, 5, 0.45, ADD),
+    ("axbench", "vector"): _paper_split(18, 2, 2, 0.08, 0.6, 6, 0.5, ADD, vector=True),
+}
+# The cpu profile: the same objective and pair types, fewer steps, and step sizes for a model whose
+# residual stream is far smaller than Gemma-2's.
+_CPU_SPLIT = {
+    (task, form): TrainConfig(
+        epochs=2, batch_size=8, grad_accum=1, lr={"vector": 0.01, "lora": 0.01, "local_weight": 0.002}[form],
+        factors=_VECTOR_FACTORS if form == "vector" else _WEIGHT_FACTORS,
+        pair_types=ADD_SUB if form != "local_weight" else ADD,
+    )
+    for task in ("psychopathy", "powerseeking", "axbench")
+    for form in ("vector", "lora", "local_weight")
+}
+
+
+@dataclass(frozen=True)
 class Profile:
     """Everything a chapter needs to know about where and at what scale it runs."""
 
@@ -40,6 +109,7 @@ class Profile:
     generation_tokens: int = 128  # new tokens for A_n of AxBench and for steered examples
     batch_size: int = 16  # sequences per forward pass in sweeps
     seed: int = 42
+    split_configs: dict[tuple[str, str], TrainConfig] = field(default_factory=dict)
     description: str = ""
     paper_setup: bool = False
     extras: dict[str, object] = field(default_factory=dict)
@@ -87,6 +157,7 @@ PROFILES: dict[str, Profile] = {
         max_answer_tokens=48,
         generation_tokens=48,
         batch_size=32,
+        split_configs=_CPU_SPLIT,
         description="The embedded SmolLM2-135M-Instruct on a CPU, at sizes that fit CI.",
     ),
     "gemma-2-9b-it": Profile(
@@ -100,6 +171,7 @@ PROFILES: dict[str, Profile] = {
         weight_grid=_PAPER_WEIGHT_GRID,
         relative_grid=_PAPER_RELATIVE_GRID,
         lora_rank=4,
+        split_configs=_GEMMA_SPLIT,
         description="The paper's Gemma-2-9B-IT setup: layer 20, bf16, paper split sizes.",
         paper_setup=True,
     ),
@@ -114,6 +186,7 @@ PROFILES: dict[str, Profile] = {
         weight_grid=_PAPER_WEIGHT_GRID,
         relative_grid=_PAPER_RELATIVE_GRID,
         lora_rank=4,
+        split_configs=_QWEN_SPLIT,
         description="The paper's Qwen-2.5-7B-Instruct setup: layer 14, bf16, paper split sizes.",
         paper_setup=True,
     ),

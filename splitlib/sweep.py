@@ -68,8 +68,9 @@ def layer_window(model: nn.Module, start: int, stop: int, inject: Tensor | None 
         for index, layer in enumerate(originals):
             if not start <= index < stop:
                 layers[index] = _PassThrough(layer)
-        if inject is not None:
-            hooks.append(layers[start].register_forward_pre_hook(replace, with_kwargs=True))
+        if inject is not None:  # past the last layer, the final norm is what receives the hidden state
+            target = layers[start] if start < len(layers) else model.get_decoder().norm
+            hooks.append(target.register_forward_pre_hook(replace, with_kwargs=True))
         if stop < len(layers):
             hooks.append(layers[stop].register_forward_pre_hook(capture, with_kwargs=True))
         yield window
@@ -80,7 +81,7 @@ def layer_window(model: nn.Module, start: int, stop: int, inject: Tensor | None 
             layers[index] = layer
 
 
-def _logits(model: nn.Module, hidden: Tensor) -> Tensor:
+def lm_logits(model: nn.Module, hidden: Tensor) -> Tensor:
     """The LM head on selected final hidden states (with Gemma-2's final soft-capping)."""
     logits = model.get_output_embeddings()(hidden)
     cap = getattr(model.config, "final_logit_softcapping", None)
@@ -89,7 +90,7 @@ def _logits(model: nn.Module, hidden: Tensor) -> Tensor:
 
 # ----- batches ---------------------------------------------------------------------------------------
 @dataclass
-class _Batch:
+class PairBatch:
     input_ids: Tensor
     attention_mask: Tensor  # 2-D padding mask, or a prepared 4-D mask for packed pairs
     position_ids: Tensor
@@ -104,8 +105,8 @@ def encode_pairs(tokenizer: object, pairs: Sequence[PolarityPair], max_answer_to
     return [encode_pair(tokenizer, p.question, p.positive, p.negative, max_answer_tokens) for p in pairs]
 
 
-def _collate(encoded: Sequence[EncodedPair], pad_id: int, device: torch.device, packed: bool,
-             mask_format: str = "bool", dtype: torch.dtype = torch.float32) -> _Batch:
+def collate_pairs(encoded: Sequence[EncodedPair], pad_id: int, device: torch.device, packed: bool,
+             mask_format: str = "bool", dtype: torch.dtype = torch.float32, row_per_pair: bool = False) -> PairBatch:
     """The sequences of a batch of pairs as padded rows, with where each scored token sits.
 
     Separate (`packed=False`): two rows per pair, prompt + A_p and prompt + A_n, right-padded.
@@ -113,9 +114,13 @@ def _collate(encoded: Sequence[EncodedPair], pad_id: int, device: torch.device, 
     per pair the rest of its prompt, A_p and A_n. A 4-D mask lets each token see only its own
     branch (A_n never sees A_p, pair i never sees pair j) and positions restart where each branch
     starts, so every answer is scored exactly as if it were alone, while the shared prefix and each
-    prompt are computed once.
+    prompt are computed once. `row_per_pair` packs each pair in a row of its own (training draws
+    one m per pair, applied per row).
     """
-    rows = [_tree_row(encoded)] if packed else [_tree_row([pair], only=side) for pair in encoded for side in (0, 1)]
+    if not packed:
+        rows = [_tree_row([pair], only=side) for pair in encoded for side in (0, 1)]
+    else:
+        rows = [_tree_row([pair]) for pair in encoded] if row_per_pair else [_tree_row(encoded)]
     width = max(len(row.tokens) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
@@ -137,7 +142,7 @@ def _collate(encoded: Sequence[EncodedPair], pad_id: int, device: torch.device, 
     else:
         attention = real.long()
     to = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
-    return _Batch(ids.to(device), attention.to(device), positions.to(device), to(scored_rows), to(cols),
+    return PairBatch(ids.to(device), attention.to(device), positions.to(device), to(scored_rows), to(cols),
                   to(targets), lengths, to(own))
 
 
@@ -215,7 +220,7 @@ def _tree_mask(rows: Sequence[_Row], width: int, real: Tensor, mask_format: str,
     return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def _mask_format(model: nn.Module) -> str | None:
+def packed_mask_format(model: nn.Module) -> str | None:
     """How this model's attention wants a prepared 4-D mask, or None if packing is not supported."""
     implementation = getattr(model.config, "_attn_implementation", "eager")
     return {"sdpa": "bool", "eager": "float"}.get(implementation)
@@ -237,7 +242,7 @@ def _batches(encoded: Sequence[EncodedPair], pairs_per_batch: int, max_tokens: i
     return batches
 
 
-def _forward(model: nn.Module, batch: _Batch) -> Tensor:
+def decoder_forward(model: nn.Module, batch: PairBatch) -> Tensor:
     """The decoder's final hidden states (after its final norm) for a batch."""
     return model.get_decoder()(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
@@ -245,14 +250,14 @@ def _forward(model: nn.Module, batch: _Batch) -> Tensor:
 
 
 def _losses_per_multiplier(
-    model: nn.Module, batch: _Batch, intervention: Intervention | None, multipliers: Sequence[float], loss: str
+    model: nn.Module, batch: PairBatch, intervention: Intervention | None, multipliers: Sequence[float], loss: str
 ) -> np.ndarray:
     """(len(multipliers), n_sequences) losses; lower layers run once for all multipliers."""
     n_layers = len(decoder_layers(model))
     start = intervention.layer if intervention is not None else n_layers
     with torch.no_grad():
         with layer_window(model, 0, start) as window:
-            lower = _forward(model, batch)
+            lower = decoder_forward(model, batch)
         entering = window.entering_stop if start < n_layers else None
         out = np.empty((len(multipliers), len(batch.lengths)))
         for k, m in enumerate(multipliers):
@@ -260,8 +265,8 @@ def _losses_per_multiplier(
                 hidden = lower  # nothing depends on m: the full forward above is the answer
             else:
                 with layer_window(model, start, n_layers, inject=entering), intervention.apply(model, m):
-                    hidden = _forward(model, batch)
-            nll = token_nll(_logits(model, hidden[batch.rows, batch.cols]), batch.targets)
+                    hidden = decoder_forward(model, batch)
+            nll = token_nll(lm_logits(model, hidden[batch.rows, batch.cols]), batch.targets)
             out[k] = reduce_nll(nll, batch.lengths, loss).cpu().numpy()
     return out
 
@@ -366,7 +371,7 @@ def _compute(model, tokenizer, pairs, intervention, multipliers, split, loss, ma
 
     encoded = encode_pairs(tokenizer, pairs, max_answer_tokens)
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    mask_format = _mask_format(model)
+    mask_format = packed_mask_format(model)
     losses = np.empty((len(multipliers), 2 * len(encoded)))
     batches = _batches(encoded, batch_size)
     label = f"sweep {split} ({intervention.form if intervention else 'no intervention'})"
@@ -376,7 +381,7 @@ def _compute(model, tokenizer, pairs, intervention, multipliers, split, loss, ma
         if saved is not None and saved.is_file():
             losses[:, columns] = np.load(saved)  # finished before an interruption
             continue
-        batch = _collate([encoded[i] for i in indices], _pad_id(tokenizer), device,
+        batch = collate_pairs([encoded[i] for i in indices], pad_token_id(tokenizer), device,
                          packed=mask_format is not None, mask_format=mask_format or "bool", dtype=dtype)
         result = _losses_per_multiplier(model, batch, intervention, multipliers, loss)
         losses[:, columns] = result
@@ -388,7 +393,7 @@ def _compute(model, tokenizer, pairs, intervention, multipliers, split, loss, ma
     return _table(pairs, split, multipliers, losses)
 
 
-def _pad_id(tokenizer: object) -> int:
+def pad_token_id(tokenizer: object) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
@@ -404,7 +409,7 @@ def naive_sweep(
     with torch.no_grad():
         for k, m in enumerate(multipliers):
             for i, pair in enumerate(encoded):
-                batch = _collate([pair], _pad_id(tokenizer), device, packed=False)
+                batch = collate_pairs([pair], pad_token_id(tokenizer), device, packed=False)
                 with intervention.apply(model, m) if intervention is not None else _nothing():
                     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
                 nll = token_nll(logits[batch.rows, batch.cols], batch.targets)
@@ -432,10 +437,10 @@ def completion_activations(model: nn.Module, tokenizer: object, pairs: Sequence[
     norms = []
     with torch.no_grad():
         for indices in _batches(encoded, batch_size):
-            batch = _collate([encoded[i] for i in indices], _pad_id(tokenizer), device, packed=False)
+            batch = collate_pairs([encoded[i] for i in indices], pad_token_id(tokenizer), device, packed=False)
             if layer + 1 < n_layers:
                 with layer_window(model, 0, layer + 1) as window:
-                    _forward(model, batch)
+                    decoder_forward(model, batch)
                 output = window.entering_stop
             else:
                 output = _pre_norm_output(model, batch)
@@ -465,13 +470,13 @@ def residual_norm(model: nn.Module, tokenizer: object, pairs: Sequence[PolarityP
     return float(norms.median())
 
 
-def _pre_norm_output(model: nn.Module, batch: _Batch) -> Tensor:
+def _pre_norm_output(model: nn.Module, batch: PairBatch) -> Tensor:
     """The last layer's output before the final norm (for DiffMean at the last layer)."""
     captured = {}
     norm = model.get_decoder().norm
     hook = norm.register_forward_pre_hook(lambda module, args: captured.setdefault("h", args[0]))
     try:
-        _forward(model, batch)
+        decoder_forward(model, batch)
     finally:
         hook.remove()
     return captured["h"]

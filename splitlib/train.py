@@ -1,0 +1,337 @@
+"""Training interventions: SFT, RePS and SPLIT in every form, and DiffMean for vectors.
+
+The base model is frozen; only the intervention's parameters learn. Layers below the intervention
+layer receive no gradient and do not depend on those parameters, and what layer L itself computes
+without the intervention is fixed too; so layers 0..L run once per example before training, and
+each step only adds the update to layer L's output and runs the layers above. Each training example is a
+pair at one multiplier: "add" examples train A_p to win at +m, "sub" examples train A_n to win
+at -m. Both answers of an example are scored at the same m (the reference code draws them
+independently; see chapter 5).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .cache import cache_root, cached_directory, stable_hash
+from .data import PolarityPair
+from .interventions import FORMS, Intervention, check_form
+from .models import decoder_layers, model_fingerprint
+from .profiles import Profile, TrainConfig
+from .scoring import EncodedPair, token_nll
+from .sweep import (
+    collate_pairs,
+    decoder_forward,
+    diffmean,
+    encode_pairs,
+    layer_window,
+    lm_logits,
+    pad_token_id,
+    packed_mask_format,
+)
+
+METHODS = ("diffmean", "sft", "reps", "split")
+METHOD_FORMS = {"diffmean": ("vector",), "sft": FORMS, "reps": FORMS, "split": FORMS}
+TRAIN_VERSION = 1  # bump when training would produce different weights
+
+
+class TrainingError(RuntimeError):
+    """Training could not go on (for example the loss became NaN)."""
+
+
+def check_method(method: str, form: str) -> None:
+    """A ValueError for an unknown method or form, or a form the method does not train."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    check_form(form)
+    if form not in METHOD_FORMS[method]:
+        raise ValueError(f"{method} does not apply to the {form} form (only {', '.join(METHOD_FORMS[method])})")
+
+
+def config_for(profile: Profile, task: str, method: str, form: str) -> TrainConfig:
+    """The profile's hyperparameters for a method: SPLIT's config; SFT drops the A_n terms
+    (lambda_n = gamma = 0, as the reference's SFT baseline); RePS trains add and sub pairs."""
+    check_method(method, form)
+    base = profile.split_configs[(task, form)]
+    if method == "sft":
+        return dataclasses.replace(base, lambda_n=0.0, gamma=0.0)
+    if method == "reps":
+        return dataclasses.replace(base, pair_types=("add", "sub"))
+    return base
+
+
+# ----- the objectives --------------------------------------------------------------------------------
+@dataclass
+class _Scores:
+    """Per-example losses of the winning and losing answers (mean NLL) and their lengths."""
+
+    win: Tensor
+    lose: Tensor
+    win_len: Tensor
+    lose_len: Tensor
+
+
+def objective(method: str, scores: _Scores, config: TrainConfig, ref_win: Tensor | None = None,
+              ref_lose: Tensor | None = None) -> Tensor:
+    """Per-example loss of a method.
+
+    sft:   L_w
+    split: lambda_p*L_w + lambda_n*L_l + gamma*ReLU(theta - (L_l - L_w))
+    reps:  -log sigma( max(s*(log p_ref(l) - log p_ref(w)), 1)/|w| * log p(w) - log p(l)/|l| )
+    (L = mean token NLL; log p = summed log-probability; p_ref = the unsteered model.)
+    """
+    if method == "sft":
+        return scores.win
+    if method == "split":
+        margin = scores.lose - scores.win
+        return (config.lambda_p * scores.win + config.lambda_n * scores.lose
+                + config.gamma * torch.relu(config.theta - margin))
+    if method == "reps":
+        logp_win = -scores.win * scores.win_len
+        logp_lose = -scores.lose * scores.lose_len
+        weight = torch.clamp(config.reps_scale * (ref_lose - ref_win), min=1.0) / scores.win_len
+        return -nn.functional.logsigmoid(weight * logp_win - logp_lose / scores.lose_len)
+    raise ValueError(f"no objective for {method!r}")
+
+
+# ----- examples with their lower layers computed once ------------------------------------------------
+@dataclass
+class _Example:
+    """One pair with what layer L computed for it without the intervention, which training reuses."""
+
+    pair: EncodedPair
+    layer_output: Tensor  # (tokens, d): layer L's output
+    mlp_hidden: Tensor  # (tokens, d_ff): the down-projection's input, from which ΔW h is computed
+    down_output: Tensor | None  # (tokens, d): the down-projection's output, where a post-norm follows it
+    ref_logp: tuple[float, float] = (0.0, 0.0)  # summed log-probs of A_p, A_n under the unsteered model
+
+
+@dataclass
+class Trainer:
+    """Trains one intervention on a list of pairs; see `train_intervention` for the cached entry."""
+
+    model: nn.Module
+    tokenizer: object
+    pairs: Sequence[PolarityPair]
+    method: str
+    form: str
+    layer: int
+    config: TrainConfig
+    rank: int = 4
+    seed: int = 42
+    max_answer_tokens: int | None = None
+    reuse_lower_layers: bool = True  # False: every step runs the whole model (benchmarks, tests)
+    history: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_method(self.method, self.form)
+        if self.method == "diffmean":
+            raise ValueError("diffmean is closed-form: use splitlib.diffmean, not a Trainer")
+        if not self.pairs:
+            raise ValueError("the training set is empty")
+        self.device = next(self.model.parameters()).device
+        self.n_layers = len(decoder_layers(self.model))
+        self.mask_format = packed_mask_format(self.model) or "bool"
+        encoded = encode_pairs(self.tokenizer, self.pairs, self.max_answer_tokens)
+        self.examples = self._prepare(encoded)
+
+    def _batch(self, pairs: Sequence[EncodedPair]):
+        dtype = next(self.model.parameters()).dtype
+        return collate_pairs(pairs, pad_token_id(self.tokenizer), self.device, packed=True,
+                             mask_format=self.mask_format, dtype=dtype, row_per_pair=True)
+
+    def _prepare(self, encoded: Sequence[EncodedPair]) -> list[_Example]:
+        """Run layers 0..L once per example, keeping what layer L computed (and, for RePS, the
+        unsteered model's log-probabilities of both answers)."""
+        from .interventions import record_layer
+
+        post_norm = self._post_norm()
+        examples = []
+        with torch.no_grad():
+            for start in range(0, len(encoded), 16):
+                chunk = encoded[start : start + 16]
+                batch = self._batch(chunk)
+                with layer_window(self.model, 0, self.layer + 1), record_layer(self.model, self.layer) as seen:
+                    decoder_forward(self.model, batch)
+                ref = None
+                if self.method == "reps":
+                    with layer_window(self.model, self.layer + 1, self.n_layers, inject=seen.layer_output):
+                        hidden = decoder_forward(self.model, batch)
+                    nll = token_nll(lm_logits(self.model, hidden[batch.rows, batch.cols]), batch.targets)
+                    ref = [-float(piece.sum()) for piece in torch.split(nll, batch.lengths)]
+                for i, pair in enumerate(chunk):
+                    n = len(pair.prompt) + len(pair.positive) + len(pair.negative)
+                    logp = (ref[2 * i], ref[2 * i + 1]) if ref else (0.0, 0.0)
+                    down = seen.down_proj_output[i, :n] if post_norm is not None else None
+                    examples.append(_Example(pair, seen.layer_output[i, :n], seen.down_proj_input[i, :n], down, logp))
+        return examples
+
+    def _post_norm(self) -> nn.Module | None:
+        """The norm between the down-projection and the residual add (Gemma-2), if any."""
+        return getattr(decoder_layers(self.model)[self.layer], "post_feedforward_layernorm", None)
+
+    def _steered_layer_output(self, intervention: Intervention, chosen: Sequence[_Example], width: int,
+                              multipliers: Tensor, dropout: float) -> Tensor:
+        """Layer L's output under the intervention, from what layer L computed without it:
+        out + m·Δh, or, behind a post-norm, (out - norm(down)) + norm(down + m·Δh)."""
+        def stack(name: str) -> Tensor:
+            first = getattr(chosen[0], name)
+            out = torch.zeros(len(chosen), width, first.shape[-1], dtype=first.dtype, device=first.device)
+            for i, example in enumerate(chosen):
+                value = getattr(example, name)
+                out[i, : value.shape[0]] = value
+            return out
+
+        layer_output = stack("layer_output")
+        with intervention.apply(self.model, multipliers, dropout=dropout) as live:
+            shift = live.shift(intervention.delta(stack("mlp_hidden")), layer_output.dtype)
+        post_norm = self._post_norm()
+        if intervention.form == "vector" or post_norm is None:
+            return layer_output + shift
+        down = stack("down_output")
+        return layer_output - post_norm(down) + post_norm(down + shift)
+
+    def _scores(self, intervention: Intervention, chosen: Sequence[_Example], signs: Tensor, factors: Tensor,
+                dropout: float) -> tuple[_Scores, Tensor, Tensor]:
+        """Losses of the winning and losing answer of each example at its own multiplier."""
+        batch = self._batch([e.pair for e in chosen])
+        multipliers = (signs * factors).to(self.device).view(-1, 1, 1)
+        if self.reuse_lower_layers:
+            steered = self._steered_layer_output(intervention, chosen, batch.input_ids.shape[1], multipliers, dropout)
+            with layer_window(self.model, self.layer + 1, self.n_layers, inject=steered):
+                hidden = decoder_forward(self.model, batch)
+        else:
+            with intervention.apply(self.model, multipliers, dropout=dropout):
+                hidden = decoder_forward(self.model, batch)
+        nll = token_nll(lm_logits(self.model, hidden[batch.rows, batch.cols]), batch.targets)
+        pieces = torch.split(nll, batch.lengths)
+        means = torch.stack([p.mean() for p in pieces]).view(-1, 2)  # columns: A_p, A_n
+        lengths = torch.tensor(batch.lengths, dtype=means.dtype, device=means.device).view(-1, 2)
+        add = signs.to(means.device) > 0
+        win = torch.where(add, means[:, 0], means[:, 1])
+        lose = torch.where(add, means[:, 1], means[:, 0])
+        ref = torch.tensor([e.ref_logp for e in chosen], dtype=means.dtype, device=means.device)
+        ref_win = torch.where(add, ref[:, 0], ref[:, 1])
+        ref_lose = torch.where(add, ref[:, 1], ref[:, 0])
+        scores = _Scores(win, lose, torch.where(add, lengths[:, 0], lengths[:, 1]),
+                         torch.where(add, lengths[:, 1], lengths[:, 0]))
+        return scores, ref_win, ref_lose
+
+    def schedule(self) -> list[list[tuple[int, int, float]]]:
+        """Batches of (example index, sign, |m|), seeded: the same call draws the same examples and m."""
+        rng = random.Random(self.seed)
+        signs = [1 if kind == "add" else -1 for kind in self.config.pair_types]
+        items = [(i, s) for i in range(len(self.examples)) for s in signs]
+        batches = []
+        for _ in range(self.config.epochs):
+            rng.shuffle(items)
+            for k in range(0, len(items), self.config.batch_size):
+                batches.append([(i, s, rng.choice(self.config.factors)) for i, s in items[k : k + self.config.batch_size]])
+        return batches
+
+    def loss(self, intervention: Intervention, batch: Sequence[tuple[int, int, float]], dropout: float | None = None) -> Tensor:
+        """Mean objective over one batch of (example, sign, |m|)."""
+        chosen = [self.examples[i] for i, _, _ in batch]
+        signs = torch.tensor([float(s) for _, s, _ in batch])
+        factors = torch.tensor([float(m) for _, _, m in batch])
+        scores, ref_win, ref_lose = self._scores(intervention, chosen, signs, factors,
+                                                 self.config.dropout if dropout is None else dropout)
+        return objective(self.method, scores, self.config, ref_win, ref_lose).mean()
+
+    def train(self, progress: bool = True, max_steps: int | None = None) -> Intervention:
+        """AdamW, a linear schedule without warm-up, gradient clipping, a fixed seed."""
+        from tqdm.auto import tqdm
+
+        torch.manual_seed(self.seed)  # dropout and LoRA's initial A
+        intervention = Intervention.initial(self.model, self.form, self.layer, rank=self.rank, seed=self.seed)
+        intervention.to(self.device)
+        batches = self.schedule()
+        accum = max(1, self.config.grad_accum)
+        steps = len(batches) // accum if max_steps is None else max_steps
+        if steps == 0:
+            raise ValueError(f"{len(self.examples)} examples make no full optimiser step with batch size "
+                             f"{self.config.batch_size} and accumulation {accum}")
+        optimiser = torch.optim.AdamW(intervention.parameters(), lr=self.config.lr, weight_decay=0.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: max(0.0, 1.0 - step / steps))
+        bar = tqdm(range(steps), desc=f"train {self.method} {self.form}", disable=not progress, unit="step")
+        for step in bar:
+            total = 0.0
+            for batch in batches[step * accum : (step + 1) * accum]:
+                loss = self.loss(intervention, batch) / accum
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"the {self.method} loss became {loss.item()} at step {step}: "
+                                        f"lower the learning rate ({self.config.lr}) or the multipliers")
+                loss.backward()
+                total += float(loss.detach())
+            torch.nn.utils.clip_grad_norm_(intervention.parameters(), self.config.max_grad_norm)
+            optimiser.step()
+            scheduler.step()
+            optimiser.zero_grad(set_to_none=True)
+            self.history.append(total)
+            bar.set_postfix(loss=f"{total:.3f}")
+        intervention.requires_grad_(False)
+        return intervention
+
+
+def train_intervention(
+    model: nn.Module,
+    tokenizer: object,
+    pairs: Sequence[PolarityPair],
+    method: str,
+    form: str,
+    layer: int,
+    config: TrainConfig | None = None,
+    *,
+    rank: int = 4,
+    seed: int = 42,
+    max_answer_tokens: int | None = None,
+    cache: bool = True,
+    progress: bool = True,
+) -> Intervention:
+    """A trained intervention, from the artifact cache when the same inputs trained one before.
+
+    The artifact is `intervention.safetensors` + `intervention.json` (method, form, layer, model,
+    data, hyperparameters, loss history), plus a peft adapter for the LoRA form; it appears only
+    whole, so a failed run (a NaN loss, an interruption) leaves nothing behind.
+    """
+    check_method(method, form)
+    if not pairs:
+        raise ValueError("the training set is empty")
+    if method != "diffmean" and config is None:
+        raise ValueError(f"{method} needs a TrainConfig (see splitlib.train.config_for)")
+    provenance = {
+        "method": method, "form": form, "layer": layer, "model": str(getattr(model.config, "name_or_path", "")),
+        "model_fingerprint": model_fingerprint(model), "rank": rank if form == "lora" else None, "seed": seed,
+        "config": dataclasses.asdict(config) if config is not None else None,
+        "pairs": [(p.id, p.question, p.positive, p.negative) for p in pairs], "max_answer_tokens": max_answer_tokens,
+        "version": TRAIN_VERSION,
+    }
+
+    def build(folder):
+        if method == "diffmean":
+            result, history = diffmean(model, tokenizer, pairs, layer, max_answer_tokens), []
+        else:
+            trainer = Trainer(model, tokenizer, pairs, method, form, layer, config, rank, seed, max_answer_tokens)
+            result, history = trainer.train(progress=progress), trainer.history
+        summary = {**provenance, "pairs": f"{len(pairs)} pairs ({pairs[0].id} ...)", "history": history}
+        result.save(folder, summary)
+        if form == "lora":
+            result.save_peft(model, folder / "peft")
+        return result
+
+    if not cache:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            from pathlib import Path
+
+            return build(Path(folder))
+    key = stable_hash(provenance, length=24)
+    folder = cached_directory(cache_root() / "interventions" / key, build)
+    return Intervention.load(folder).to(next(model.parameters()).device)
