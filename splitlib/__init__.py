@@ -2,7 +2,7 @@
 
 One module per idea: `profiles` (which model, layer and sizes), `models` (loading and generation),
 `interventions` (the unified update of Eq. 4 in three forms), `data` (polarity pairs and splits),
-`scoring` (losses and the two log-odds), `sweep` (the m-sweep engine and DiffMean), `cache`
+`scoring` (losses and the two log-odds), `sweep` (the m-sweep engine and DiffMean), `train` (SFT, RePS, SPLIT), `cache`
 (atomic, content-keyed artifacts), `plots` (the book's figures), `build` (executing and rendering
 the book) and `bench` (speed measurements).
 """
@@ -26,15 +26,22 @@ from .interventions import (
     record_layer,
 )
 from .data import TASKS, PolarityPair, TaskData, load_task
-from .models import ModelInfo, decoder_layers, describe_model, down_projection, encode_chat, load_model
+from .models import ModelInfo, decoder_layers, describe_model, down_projection, encode_chat, generate, load_model
 from .profiles import PROFILES, Profile, get_profile, run_box
-from .scoring import summarise
+from .scoring import choose_multiplier, summarise
 from .sweep import diffmean, naive_sweep, residual_norm, run_sweep
+from .train import METHODS, METHOD_FORMS, config_for, evaluation_multipliers, train_intervention
 
 __all__ = [
     "FORMS",
     "PROFILES",
     "TASKS",
+    "METHODS",
+    "METHOD_FORMS",
+    "choose_multiplier",
+    "config_for",
+    "evaluation_multipliers",
+    "train_intervention",
     "PolarityPair",
     "TaskData",
     "data",
@@ -54,6 +61,7 @@ __all__ = [
     "describe_model",
     "down_projection",
     "encode_chat",
+    "generate",
     "get_profile",
     "load_model",
     "measure_delta_h",

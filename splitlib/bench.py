@@ -1,4 +1,4 @@
-"""Benchmarks (speed, not correctness): `python -m splitlib.bench sweep`.
+"""Benchmarks (speed, not correctness): `python -m splitlib.bench {sweep,train}`.
 
 Prints one JSON line. Never asserted in tests: wall times depend on the machine.
 """
@@ -51,11 +51,41 @@ def bench_sweep(n_pairs: int = 16, n_multipliers: int = 9) -> dict[str, object]:
     }
 
 
+def bench_train(steps: int = 12, form: str = "lora", method: str = "split") -> dict[str, object]:
+    """Training steps with layers 0..L computed once against steps through the whole model."""
+    import torch
+
+    from .data import load_task
+    from .models import load_model
+    from .profiles import get_profile
+    from .train import Trainer, config_for
+
+    profile = get_profile("cpu")
+    model, tokenizer = load_model(profile)
+    task = load_task("psychopathy", profile)
+    config = config_for(profile, "psychopathy", method, form)
+    result: dict[str, object] = {"benchmark": "train", "data": task.origin, "method": method, "form": form,
+                                 "layer": profile.layer, "n_layers": model.config.num_hidden_layers,
+                                 "batch_size": config.batch_size, "steps": steps, "threads": torch.get_num_threads()}
+    for reuse in (False, True):
+        trainer = Trainer(model, tokenizer, task.train, method, form, profile.layer, config,
+                          rank=profile.lora_rank, reuse_lower_layers=reuse)
+        trainer.train(progress=False, max_steps=1)  # warm-up
+        start = time.perf_counter()
+        trainer.train(progress=False, max_steps=steps)
+        elapsed = time.perf_counter() - start
+        result["reused_s" if reuse else "whole_model_s"] = round(elapsed, 3)
+        result["final_loss_reused" if reuse else "final_loss_whole_model"] = round(trainer.history[-1], 5)
+    result["speedup"] = round(result["whole_model_s"] / result["reused_s"], 2)
+    result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m splitlib.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("which", choices=("sweep",))
+    parser.add_argument("which", choices=("sweep", "train"))
     args = parser.parse_args(argv)
-    result = {"sweep": bench_sweep}[args.which]()
+    result = {"sweep": bench_sweep, "train": bench_train}[args.which]()
     print(json.dumps(result))
     return 0
 

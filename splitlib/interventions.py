@@ -246,7 +246,7 @@ class Intervention(nn.Module):
             tensors = load_file(folder / "intervention.safetensors")
         except FileNotFoundError as error:
             raise FileNotFoundError(f"{folder} holds no saved intervention ({error.filename} is missing)") from None
-        loaded = cls(meta["form"], meta["layer"], **tensors)
+        loaded = cls(meta["form"], meta["layer"], **tensors).requires_grad_(False)
         loaded.provenance = meta.get("provenance", {})
         return loaded
 

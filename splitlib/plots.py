@@ -108,3 +108,47 @@ def accuracy_curve(summary: pd.DataFrame, x: str = "m", hue: str = "split", xlab
     ax.legend(title=hue)
     fig.tight_layout()
     return fig
+
+
+METHOD_COLOURS = {"diffmean": "#8c8c8c", "sft": "#4c72b0", "reps": "#55a868", "split": "#c44e52"}
+
+
+def frontier(summary: pd.DataFrame, chosen: dict[tuple[str, str], float] | None = None) -> Figure:
+    """One panel per form: mean UtilOdds against mean PrefOdds as m grows from 0, one line per
+    method; a star marks each method's chosen m."""
+    import matplotlib.pyplot as plt
+
+    forms = list(dict.fromkeys(summary.form))
+    fig, axes = plt.subplots(1, len(forms), figsize=(4.6 * len(forms), 4), sharey=True)
+    axes = [axes] if len(forms) == 1 else list(axes)
+    for ax, form in zip(axes, forms):
+        for method, group in summary[summary.form == form].groupby("method", sort=False):
+            group = group.sort_values("m")
+            colour = METHOD_COLOURS.get(method)
+            ax.plot(group.pref_odds, group.util_odds, marker=".", color=colour, label=method)
+            ax.scatter(group.pref_odds.iloc[:1], group.util_odds.iloc[:1], color=colour, marker="o", s=30)
+            if chosen and (method, form) in chosen:
+                at = group[group.m == chosen[(method, form)]]
+                ax.scatter(at.pref_odds, at.util_odds, color=colour, marker="*", s=160, edgecolor="black", zorder=5)
+        ax.set(xlabel="PrefOdds (test mean)", title=FORM_LABELS.get(form, form))
+        ax.legend(fontsize="small")
+    axes[0].set_ylabel("UtilOdds (test mean)")
+    fig.tight_layout()
+    return fig
+
+
+def loss_histories(histories: dict[tuple[str, str], list[float]]) -> Figure:
+    """Training loss per optimiser step, one panel per form, one line per method."""
+    import matplotlib.pyplot as plt
+
+    forms = list(dict.fromkeys(form for _, form in histories))
+    fig, axes = plt.subplots(1, len(forms), figsize=(4.6 * len(forms), 3.4))
+    axes = [axes] if len(forms) == 1 else list(axes)
+    for ax, form in zip(axes, forms):
+        for (method, f), history in histories.items():
+            if f == form and history:
+                ax.plot(range(1, len(history) + 1), history, color=METHOD_COLOURS.get(method), label=method)
+        ax.set(xlabel="optimiser step", ylabel="training loss", title=FORM_LABELS.get(form, form))
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig

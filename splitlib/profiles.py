@@ -137,6 +137,16 @@ _PAPER_VECTOR_GRID = _symmetric((1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 25, 30, 
 _PAPER_RELATIVE_GRID = _symmetric((0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0))
 _PAPER_WEIGHT_GRID = _symmetric((0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 4.0))
 
+def _paper_profile(name: str, model: str, layer: int, split_configs: dict, title: str) -> Profile:
+    """One of the paper's setups: bf16 on a GPU, the paper's split sizes and grids."""
+    return Profile(
+        name=name, model=model, layer=layer, dtype="bfloat16", device="cuda", splits=dict(_PAPER_SPLITS),
+        vector_grid=_PAPER_VECTOR_GRID, weight_grid=_PAPER_WEIGHT_GRID, relative_grid=_PAPER_RELATIVE_GRID,
+        lora_rank=4, split_configs=split_configs, paper_setup=True,
+        description=f"The paper's {title} setup: layer {layer}, bf16, paper split sizes.",
+    )
+
+
 PROFILES: dict[str, Profile] = {
     "cpu": Profile(
         name="cpu",
@@ -149,7 +159,7 @@ PROFILES: dict[str, Profile] = {
             "powerseeking": SplitSizes(64, 32),
             "axbench": SplitSizes(8, 4),
         },
-        vector_grid=_symmetric((0.5, 1, 2, 4, 6, 8, 12, 16)),
+        vector_grid=_symmetric((1, 2, 4, 8, 12, 16, 20, 30)),
         weight_grid=_symmetric((0.25, 0.5, 1, 1.5, 2, 3, 4)),
         relative_grid=_symmetric((0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)),
         lora_rank=4,
@@ -160,36 +170,8 @@ PROFILES: dict[str, Profile] = {
         split_configs=_CPU_SPLIT,
         description="The embedded SmolLM2-135M-Instruct on a CPU, at sizes that fit CI.",
     ),
-    "gemma-2-9b-it": Profile(
-        name="gemma-2-9b-it",
-        model="google/gemma-2-9b-it",
-        layer=20,
-        dtype="bfloat16",
-        device="cuda",
-        splits=dict(_PAPER_SPLITS),
-        vector_grid=_PAPER_VECTOR_GRID,
-        weight_grid=_PAPER_WEIGHT_GRID,
-        relative_grid=_PAPER_RELATIVE_GRID,
-        lora_rank=4,
-        split_configs=_GEMMA_SPLIT,
-        description="The paper's Gemma-2-9B-IT setup: layer 20, bf16, paper split sizes.",
-        paper_setup=True,
-    ),
-    "qwen2.5-7b-it": Profile(
-        name="qwen2.5-7b-it",
-        model="Qwen/Qwen2.5-7B-Instruct",
-        layer=14,
-        dtype="bfloat16",
-        device="cuda",
-        splits=dict(_PAPER_SPLITS),
-        vector_grid=_PAPER_VECTOR_GRID,
-        weight_grid=_PAPER_WEIGHT_GRID,
-        relative_grid=_PAPER_RELATIVE_GRID,
-        lora_rank=4,
-        split_configs=_QWEN_SPLIT,
-        description="The paper's Qwen-2.5-7B-Instruct setup: layer 14, bf16, paper split sizes.",
-        paper_setup=True,
-    ),
+    "gemma-2-9b-it": _paper_profile("gemma-2-9b-it", "google/gemma-2-9b-it", 20, _GEMMA_SPLIT, "Gemma-2-9B-IT"),
+    "qwen2.5-7b-it": _paper_profile("qwen2.5-7b-it", "Qwen/Qwen2.5-7B-Instruct", 14, _QWEN_SPLIT, "Qwen-2.5-7B-Instruct"),
 }
 
 

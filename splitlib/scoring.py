@@ -143,3 +143,17 @@ def summarise(table: pd.DataFrame, by: tuple[str, ...] = ("split", "m"), n_boot:
             row[f"{name}_low"], row[f"{name}_high"] = np.quantile(boot, [tail, 1 - tail])
         out.append(row)
     return pd.DataFrame(out)
+
+
+def choose_multiplier(summary: pd.DataFrame, tolerance: float = 1.0, x: str = "m") -> float:
+    """The m >= 0 with the highest accuracy (ties: highest PrefOdds, then smallest m) among those
+    whose mean UtilOdds stays within `tolerance` nats of its value at m = 0.
+
+    Meant for a *training*-split summary, so that the test split only reports.
+    """
+    at_zero = summary.loc[summary[x] == 0, "util_odds"]
+    if at_zero.empty:
+        raise ValueError(f"choose_multiplier needs the unsteered point {x} = 0 in the summary")
+    allowed = summary[(summary[x] >= 0) & (summary.util_odds >= float(at_zero.iloc[0]) - tolerance)]
+    ranked = allowed.assign(neg_m=-allowed[x]).sort_values(["accuracy", "pref_odds", "neg_m"], ascending=False)
+    return float(ranked[x].iloc[0])

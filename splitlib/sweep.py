@@ -459,7 +459,7 @@ def diffmean(model: nn.Module, tokenizer: object, pairs: Sequence[PolarityPair],
     both answers, so a difference taken there would be zero.)"""
     means, _ = completion_activations(model, tokenizer, pairs, layer, max_answer_tokens, batch_size)
     direction = (means[0::2] - means[1::2]).mean(dim=0).float()
-    return Intervention("vector", layer, delta_b=direction)
+    return Intervention("vector", layer, delta_b=direction).requires_grad_(False)
 
 
 def residual_norm(model: nn.Module, tokenizer: object, pairs: Sequence[PolarityPair], layer: int,

@@ -335,3 +335,15 @@ def train_intervention(
     key = stable_hash(provenance, length=24)
     folder = cached_directory(cache_root() / "interventions" / key, build)
     return Intervention.load(folder).to(next(model.parameters()).device)
+
+
+def evaluation_multipliers(profile: Profile, method: str, form: str, intervention: Intervention,
+                           unit: float) -> list[float]:
+    """The m >= 0 at which a method is evaluated: the profile's vector or weight grid for trained
+    updates; for DiffMean, the relative grid (strengths in units of the residual norm `unit`)."""
+    check_method(method, form)
+    if method == "diffmean":
+        scale = unit / float(intervention.delta_b.detach().norm())
+        return [x * scale for x in profile.relative_grid if x >= 0]
+    grid = profile.vector_grid if form == "vector" else profile.weight_grid
+    return [m for m in grid if m >= 0]
