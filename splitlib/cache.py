@@ -45,6 +45,16 @@ def file_digest(path: str | Path, length: int = 16) -> str:
     return digest.hexdigest()[:length]
 
 
+def source_digest(*modules: str, length: int = 16) -> str:
+    """A hash of splitlib modules' source, so a cached result is never served after the code
+    that computed it changed (a version number can be forgotten; a hash cannot)."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for name in sorted(modules):
+        digest.update(name.encode() + (package / f"{name}.py").read_bytes())
+    return digest.hexdigest()[:length]
+
+
 @contextmanager
 def file_lock(path: str | Path) -> Iterator[None]:
     """Exclusive advisory lock, so two processes never build the same artifact at once."""

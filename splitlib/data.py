@@ -350,11 +350,12 @@ def _axbench_pairs(path: Path, profile: Profile, model: object, tokenizer: objec
 
 def unsteered_answers(model: object, tokenizer: object, questions: list[str], max_new_tokens: int) -> list[str]:
     """The model's greedy answers, generated once per (model, questions, length) and cached."""
-    from .cache import stable_hash
+    from .cache import source_digest, stable_hash
     from .models import generate, model_fingerprint
 
     key = stable_hash({"model": model_fingerprint(model), "questions": questions, "tokens": max_new_tokens,
-                       "template": getattr(tokenizer, "chat_template", None)})
+                       "template": getattr(tokenizer, "chat_template", None),
+                       "code": source_digest("models", "scoring")})
     target = cache_root() / "generations" / f"{key}.json"
     if target.is_file():
         return json.loads(target.read_text())

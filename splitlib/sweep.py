@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .cache import cache_root, file_lock, stable_hash
+from .cache import cache_root, file_lock, source_digest, stable_hash
 from .data import PolarityPair
 from .interventions import Intervention
 from .models import decoder_layers, model_fingerprint
@@ -296,6 +296,7 @@ def sweep_key(model: nn.Module, pairs: Sequence[PolarityPair], intervention: Int
     """Everything that determines a sweep's table."""
     return stable_hash({
         "engine": ENGINE_VERSION,
+        "code": source_digest("sweep", "scoring", "interventions", "models"),
         "model": model_fingerprint(model),
         "intervention": intervention_digest(intervention),
         "pairs": [(p.id, p.question, p.positive, p.negative) for p in pairs],

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .cache import cache_root, cached_directory, stable_hash
+from .cache import cache_root, cached_directory, source_digest, stable_hash
 from .data import PolarityPair
 from .interventions import FORMS, Intervention, check_form
 from .models import decoder_layers, model_fingerprint
@@ -312,6 +312,8 @@ def train_intervention(
         "pairs": [(p.id, p.question, p.positive, p.negative) for p in pairs], "max_answer_tokens": max_answer_tokens,
         "version": TRAIN_VERSION,
     }
+    key = stable_hash({**provenance, "code": source_digest("train", "sweep", "scoring", "interventions", "models")},
+                      length=24)
 
     def build(folder):
         if method == "diffmean":
@@ -332,7 +334,6 @@ def train_intervention(
             from pathlib import Path
 
             return build(Path(folder))
-    key = stable_hash(provenance, length=24)
     folder = cached_directory(cache_root() / "interventions" / key, build)
     return Intervention.load(folder).to(next(model.parameters()).device)
 
