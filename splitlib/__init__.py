@@ -2,7 +2,7 @@
 
 One module per idea: `profiles` (which model, layer and sizes), `models` (loading and generation),
 `interventions` (the unified update of Eq. 4 in three forms), `data` (polarity pairs and splits),
-`scoring` (losses and the two log-odds), `sweep` (the m-sweep engine and DiffMean), `train` (SFT, RePS, SPLIT), `cache`
+`scoring` (losses and the two log-odds), `sweep` (the m-sweep engine and DiffMean), `train` (SFT, RePS, SPLIT), `fit` (rational-quadratic decay fits), `cache`
 (atomic, content-keyed artifacts), `plots` (the book's figures), `build` (executing and rendering
 the book) and `bench` (speed measurements).
 """
@@ -14,7 +14,7 @@ import warnings
 warnings.filterwarnings("ignore", message="IProgress not found")
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 
-from . import data, plots  # noqa: E402
+from . import data, fit, plots  # noqa: E402
 from .cache import cache_root
 from .interventions import (
     FORMS,
@@ -45,6 +45,7 @@ __all__ = [
     "PolarityPair",
     "TaskData",
     "data",
+    "fit",
     "diffmean",
     "load_task",
     "naive_sweep",
