@@ -279,3 +279,14 @@ def bootstrap(per_pair, column: str, kind: str, n_boot: int = 100, seed: int = 0
     tail = (1 - level) / 2
     intervals = {name: (float(np.quantile(v, tail)), float(np.quantile(v, 1 - tail))) for name, v in samples.items() if v}
     return point, intervals
+
+
+def choose_from_fits(preference: Fit, utility: Fit, tolerance: float = 1.0, points: int = 2001) -> float:
+    """The practitioner's rule: the m >= 0 with the largest fitted preference among those whose
+    fitted utility is at most `tolerance` nats below the fitted utility at m = 0."""
+    if not (preference.ok and utility.ok):
+        raise ValueError(f"cannot choose m from a flagged fit ({preference.flag or utility.flag})")
+    top = float(max(preference.m.max(), utility.m.max()))
+    grid = np.linspace(0.0, top, points)
+    allowed = utility(grid) >= utility(np.array([0.0]))[0] - tolerance
+    return float(grid[allowed][np.argmax(preference(grid)[allowed])])

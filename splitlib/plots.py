@@ -152,3 +152,44 @@ def loss_histories(histories: dict[tuple[str, str], list[float]]) -> Figure:
         ax.legend(fontsize="small")
     fig.tight_layout()
     return fig
+
+
+REGION_COLOURS = {"linear": "#d9f0d3", "transitional": "#fee8c8", "convergence": "#e0e0e0"}
+
+
+def fitted_regions(panels: list[dict], value: str, ylabel: str, columns: int = 4) -> Figure:
+    """Mean curves (points) with their rational-quadratic fit (line) and the three regions the
+    fit implies, shaded: linear (D >= 0.9), transitional, convergence (D <= 0.1).
+
+    Each panel dict has: title, m, y (mean curve), fit (a splitlib.fit.Fit) and optionally tanh.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.9 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, panel in zip(axes.flat, panels):
+        m, fitted = np.asarray(panel["m"]), panel["fit"]
+        lo, hi = float(m.min()), float(m.max())
+        if fitted.ok:
+            d = fitted.derived
+            edges = [lo, d["convergence_start_neg"], d["linear_end_neg"], d["linear_end_pos"], d["convergence_start_pos"], hi]
+            names = ["convergence", "transitional", "linear", "transitional", "convergence"]
+            for (left, right), name in zip(zip(edges[:-1], edges[1:]), names):
+                left, right = max(lo, min(left, hi)), max(lo, min(right, hi))
+                if right > left:
+                    ax.axvspan(left, right, color=REGION_COLOURS[name], linewidth=0)
+            dense = np.linspace(lo, hi, 400)
+            ax.plot(dense, fitted(dense), color="black", linewidth=1.2, label=f"RQ fit, R² {fitted.r2:.2f}")
+            if panel.get("tanh") is not None and panel["tanh"].ok:
+                ax.plot(dense, panel["tanh"](dense), color="#8172b3", linewidth=1, linestyle="--",
+                        label=f"tanh, R² {panel['tanh'].r2:.2f}")
+        ax.scatter(m, panel["y"], s=12, color="#c44e52", zorder=3)
+        ax.set_title(panel["title"] + ("" if fitted.ok else f"\n(not fitted: {fitted.flag})"), fontsize="small")
+        ax.set_xlabel("m", fontsize="small")
+        ax.set_ylabel(ylabel, fontsize="small")
+        ax.legend(fontsize="x-small", loc="best")
+    fig.tight_layout()
+    return fig

@@ -139,3 +139,14 @@ def test_bootstrap_intervals_contain_the_point_estimate():
     assert point.ok and set(intervals) >= {"r2", "breakdown_pos", "linear_end_neg"}
     low, high = intervals["breakdown_pos"]
     assert low <= point.derived["breakdown_pos"] <= high
+
+
+def test_the_rule_takes_the_largest_preference_within_the_utility_tolerance():
+    pref = fit.Fit("preference", dict(alpha=1.0, beta=0.0, b=0.0, m_pos=0.0, L_pos=1e6, p_pos=1.0,
+                                      m_neg=0.0, L_neg=1e6, p_neg=1.0), 1.0, GRID, GRID)
+    util = fit.Fit("utility", dict(beta_u=4.0, b_u=-6.0, m_pos=0.0, L_pos=1.0, p_pos=1.0,
+                                   m_neg=0.0, L_neg=1.0, p_neg=1.0), 1.0, GRID, GRID)
+    # preference rises with m, so the rule stops where utility is 1 nat down: 4/(1+m^2) = 3
+    assert fit.choose_from_fits(pref, util, tolerance=1.0) == pytest.approx(math.sqrt(1 / 3), abs=5e-3)
+    with pytest.raises(ValueError, match="flagged fit"):
+        fit.choose_from_fits(fit.fit_preference(GRID, np.full(GRID.size, 1.0)), util)
