@@ -30,7 +30,7 @@ from .models import ModelInfo, decoder_layers, describe_model, down_projection, 
 from .profiles import PROFILES, Profile, get_profile, run_box
 from .scoring import choose_multiplier, summarise
 from .sweep import diffmean, naive_sweep, residual_norm, run_sweep
-from .train import METHODS, METHOD_FORMS, config_for, evaluation_multipliers, train_intervention
+from .train import METHODS, METHOD_FORMS, config_for, evaluation_multipliers, train_all, train_intervention
 
 __all__ = [
     "FORMS",
@@ -41,6 +41,7 @@ __all__ = [
     "choose_multiplier",
     "config_for",
     "evaluation_multipliers",
+    "train_all",
     "train_intervention",
     "PolarityPair",
     "TaskData",

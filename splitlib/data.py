@@ -8,7 +8,6 @@ and says so.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .cache import cache_root, file_lock
+from .cache import cache_root, file_digest, file_lock
 from .profiles import Profile
 
 DATA_ENV = "SPLITLIB_DATA"
@@ -101,14 +100,6 @@ class DataError(ValueError):
 
 
 # ----- where files come from ----------------------------------------------------------------------
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def real_file(name: str, timeout: float = 20.0) -> Path:
     """The real data file `name` (a key of REMOTE_FILES): local folder, else verified download."""
     remote = REMOTE_FILES[name]
@@ -140,7 +131,7 @@ def _download(remote: RemoteFile, target: Path, timeout: float) -> Path:
             with urllib.request.urlopen(remote.url, timeout=timeout) as response, open(partial, "wb") as out:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
-            digest = sha256_of(partial)
+            digest = file_digest(partial, length=64)
             if digest != remote.sha256:
                 raise OSError(f"checksum mismatch for {remote.url}: got {digest}, expected {remote.sha256}")
             os.replace(partial, target)

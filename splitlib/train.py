@@ -338,6 +338,18 @@ def train_intervention(
     return Intervention.load(folder).to(next(model.parameters()).device)
 
 
+def train_all(model: nn.Module, tokenizer: object, pairs: Sequence[PolarityPair], profile: Profile, task: str,
+              progress: bool = True) -> dict[tuple[str, str], Intervention]:
+    """Every method in every form it applies to, with the profile's hyperparameters (cached)."""
+    return {
+        (method, form): train_intervention(
+            model, tokenizer, pairs, method, form, profile.layer,
+            None if method == "diffmean" else config_for(profile, task, method, form),
+            rank=profile.lora_rank, seed=profile.seed, max_answer_tokens=profile.max_answer_tokens, progress=progress)
+        for method in METHODS for form in METHOD_FORMS[method]
+    }
+
+
 def evaluation_multipliers(profile: Profile, method: str, form: str, intervention: Intervention,
                            unit: float) -> list[float]:
     """The m >= 0 at which a method is evaluated: the profile's vector or weight grid for trained
