@@ -82,6 +82,12 @@ class Fit:
         values = list(self.params.values())
         return {"preference": preference_curve, "utility": utility_curve, "tanh": tanh_curve}[self.kind](m, *values)
 
+    def validity(self, m: np.ndarray) -> np.ndarray:
+        """The fitted decay D(m) alone (D_p or D_u), without the read-out around it."""
+        if self.kind == "tanh" or not self.ok:
+            raise ValueError(f"a {self.kind} fit{' (flagged: ' + self.flag + ')' if self.flag else ''} has no decay")
+        return decay(m, *(self.params[name] for name in PREF_PARAMS[3:]))
+
     def r2_on(self, m: np.ndarray, y: np.ndarray) -> float:
         """R² of this curve on other data (a train fit on the test split: generalisation)."""
         return r_squared(y, self(m))

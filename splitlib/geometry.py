@@ -1,0 +1,471 @@
+"""The activation manifold, measured: captured hidden states and how far steering moves them.
+
+The paper explains the utility loss by steering pushing activations off a "valid-generation
+manifold" but measures no distance. This module captures hidden states through the sweep
+engine's layer window (layers below the intervention run once per batch), fits a reference on
+unsteered activations (PCA subspace, nearest neighbours, a Ledoit-Wolf covariance, and two
+preference directions) and measures steered activations against it. Hidden states are numbered
+as transformers numbers `output_hidden_states`: index i is the output of decoder layer i - 1, and
+the last index is the final norm's output, what the LM head reads.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .cache import cache_root, file_lock, source_digest, stable_hash
+from .data import PolarityPair
+from .interventions import Intervention
+from .models import decoder_layers, model_fingerprint
+from .sweep import (
+    _batches,
+    collate_pairs,
+    decoder_forward,
+    encode_pairs,
+    intervention_digest,
+    layer_window,
+    packed_mask_format,
+    pad_token_id,
+)
+
+DISTANCES = ("pca_residual", "knn_distance", "mahalanobis")
+PROJECTIONS = ("proj_diffmean", "proj_probe")
+MEASURES = DISTANCES + PROJECTIONS
+MEASURE_LABELS = {
+    "pca_residual": "PCA residual norm",
+    "knn_distance": "mean kNN distance",
+    "mahalanobis": "Mahalanobis (Ledoit-Wolf)",
+    "proj_diffmean": "projection on DiffMean direction",
+    "proj_probe": "projection on probe direction",
+}
+
+
+# ----- capture -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Activations:
+    """Hidden states at a subsample of completion tokens, unsteered or at each m of a grid.
+
+    `values[i, j]` holds, for multiplier `multipliers[i]` and hidden state `hidden_states[j]`, one
+    row per kept token; `pair`, `answer` (1 for A_p, 0 for A_n) and `position` (index within the
+    answer) say where each row came from.
+    """
+
+    values: np.ndarray  # (n_multipliers, n_hidden_states, n_tokens, width), float32
+    multipliers: np.ndarray
+    hidden_states: tuple[int, ...]
+    pair_ids: tuple[str, ...]
+    pair: np.ndarray  # index into pair_ids, per token
+    answer: np.ndarray
+    position: np.ndarray
+
+    def at(self, m: float, hidden_state: int) -> np.ndarray:
+        """The (n_tokens, width) activations at multiplier `m` and hidden state `hidden_state`."""
+        rows = np.flatnonzero(np.isclose(self.multipliers, m, rtol=0, atol=1e-12))
+        if rows.size == 0:
+            raise KeyError(f"m = {m} is not in the captured grid {self.multipliers.tolist()}")
+        if hidden_state not in self.hidden_states:
+            raise KeyError(f"hidden state {hidden_state} was not captured (captured: {list(self.hidden_states)})")
+        return self.values[rows[0], self.hidden_states.index(hidden_state)]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.values.nbytes)
+
+
+def default_hidden_states(model: nn.Module, layer: int, above: int = 4) -> tuple[int, ...]:
+    """The intervention layer's output, the output `above` layers higher, and the final state."""
+    n_layers = len(decoder_layers(model))
+    return tuple(sorted({layer + 1, min(layer + 1 + above, n_layers), n_layers}))
+
+
+def kept_positions(length: int, per_answer: int) -> np.ndarray:
+    """Evenly spaced token indices of an answer of `length` tokens, at most `per_answer` of them
+    (first and last included): the activations along an answer are strongly correlated, so a few
+    spread out represent it at a fraction of the memory."""
+    if per_answer < 1:
+        raise ValueError(f"tokens_per_answer must be at least 1, got {per_answer}")
+    return np.unique(np.round(np.linspace(0, length - 1, min(length, per_answer))).astype(int))
+
+
+@contextmanager
+def _recording(model: nn.Module, hidden_states: Sequence[int], store: dict[int, torch.Tensor]) -> Iterator[None]:
+    """Record the given hidden states (transformers numbering) of the next forward into `store`."""
+    layers = decoder_layers(model)
+    hooks = []
+
+    def keeper(index: int):
+        def keep(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
+            store[index] = output[0] if isinstance(output, tuple) else output
+        return keep
+
+    try:
+        for index in hidden_states:
+            module = model.get_decoder().norm if index == len(layers) else layers[index - 1]
+            hooks.append(module.register_forward_hook(keeper(index)))  # after the intervention's prepended hook
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _check_capture(model: nn.Module, pairs: Sequence[PolarityPair], intervention: Intervention | None,
+                   multipliers: Sequence[float], hidden_states: Sequence[int]) -> None:
+    n_layers = len(decoder_layers(model))
+    if not pairs:
+        raise ValueError("capture needs at least one pair")
+    if len(multipliers) == 0 or not np.all(np.isfinite(np.asarray(multipliers, dtype=float))):
+        raise ValueError(f"capture needs a non-empty grid of finite multipliers, got {list(multipliers)}")
+    if len(set(float(m) for m in multipliers)) != len(multipliers):
+        raise ValueError(f"the grid repeats a multiplier: {list(multipliers)}")
+    if intervention is None and any(float(m) != 0.0 for m in multipliers):
+        raise ValueError("without an intervention only m = 0 is meaningful; pass multipliers=(0.0,)")
+    if intervention is not None:
+        intervention.check_fits(model)
+    bad = [i for i in hidden_states if not 1 <= int(i) <= n_layers]
+    if not hidden_states or bad:
+        raise ValueError(f"hidden states must be in 1..{n_layers} (i = output of layer i-1, {n_layers} = final norm); "
+                         f"got {list(hidden_states)}")
+
+
+def capture_activations(
+    model: nn.Module,
+    tokenizer: object,
+    pairs: Sequence[PolarityPair],
+    intervention: Intervention | None,
+    multipliers: Sequence[float] = (0.0,),
+    hidden_states: Sequence[int] = (),
+    *,
+    tokens_per_answer: int = 8,
+    max_answer_tokens: int | None = None,
+    batch_size: int = 16,
+    cache: bool = False,
+    progress: bool = True,
+) -> Activations:
+    """Hidden states at `tokens_per_answer` evenly spaced completion tokens of every answer, at
+    every multiplier; the layers below the intervention run once per batch (as in the sweep).
+
+    With `cache`, the result is stored under a key of everything that determines it (use it for
+    small captures such as a reference cloud; a full steered grid is large)."""
+    hidden_states = tuple(sorted(int(i) for i in hidden_states))
+    _check_capture(model, pairs, intervention, multipliers, hidden_states)
+    if not cache:
+        return _capture(model, tokenizer, pairs, intervention, multipliers, hidden_states, tokens_per_answer,
+                        max_answer_tokens, batch_size, progress)
+    key = stable_hash({
+        "code": source_digest("geometry", "sweep", "scoring", "interventions", "models"),
+        "model": model_fingerprint(model), "intervention": intervention_digest(intervention),
+        "pairs": [(p.id, p.question, p.positive, p.negative) for p in pairs],
+        "multipliers": [float(m) for m in multipliers], "hidden_states": hidden_states,
+        "tokens_per_answer": tokens_per_answer, "max_answer_tokens": max_answer_tokens, "batch_size": batch_size,
+    }, length=24)
+    folder = cache_root() / "activations"
+    target = folder / f"{key}.npz"
+    folder.mkdir(parents=True, exist_ok=True)
+    with file_lock(folder / f".{key}.lock"):
+        if not target.is_file():
+            result = _capture(model, tokenizer, pairs, intervention, multipliers, hidden_states, tokens_per_answer,
+                              max_answer_tokens, batch_size, progress)
+            partial = folder / f".{key}.npz.part-{os.getpid()}"
+            with open(partial, "wb") as handle:
+                np.savez(handle, values=result.values, multipliers=result.multipliers,
+                         hidden_states=np.asarray(result.hidden_states), pair_ids=np.asarray(result.pair_ids),
+                         pair=result.pair, answer=result.answer, position=result.position)
+            os.replace(partial, target)
+            return result
+    with np.load(target) as stored:
+        return Activations(stored["values"], stored["multipliers"], tuple(int(i) for i in stored["hidden_states"]),
+                           tuple(str(p) for p in stored["pair_ids"]), stored["pair"], stored["answer"], stored["position"])
+
+
+def _capture(model, tokenizer, pairs, intervention, multipliers, hidden_states, tokens_per_answer,
+             max_answer_tokens, batch_size, progress) -> Activations:
+    from tqdm.auto import tqdm
+
+    encoded = encode_pairs(tokenizer, pairs, max_answer_tokens)
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    mask_format = packed_mask_format(model)
+    n_layers = len(decoder_layers(model))
+    start = intervention.layer if intervention is not None else n_layers
+    lower = [i for i in hidden_states if i <= start]  # computed before the intervention: one pass
+    upper = [i for i in hidden_states if i > start]
+    chunks, meta = [], []
+    label = f"capture ({intervention.form if intervention else 'unsteered'})"
+    with torch.no_grad():
+        for indices in tqdm(_batches(encoded, batch_size), desc=label, disable=not progress, unit="batch"):
+            batch = collate_pairs([encoded[i] for i in indices], pad_token_id(tokenizer), device,
+                                  packed=mask_format is not None, mask_format=mask_format or "bool", dtype=dtype)
+            keep, offset = [], 0
+            for number, length in enumerate(batch.lengths):  # sequences: A_p, A_n per pair
+                positions = kept_positions(length, tokens_per_answer)
+                keep.append(offset + positions)
+                offset += length
+                meta += [(indices[number // 2], 1 - number % 2, int(p)) for p in positions]
+            keep = torch.as_tensor(np.concatenate(keep), device=device)
+            rows, cols = batch.rows[keep], batch.own_cols[keep]
+            chunk = np.empty((len(multipliers), len(hidden_states), len(keep), model.config.hidden_size), np.float32)
+            store: dict[int, torch.Tensor] = {}
+            with _recording(model, lower, store), layer_window(model, 0, start) as window:
+                decoder_forward(model, batch)
+            for i in lower:
+                chunk[:, hidden_states.index(i)] = store[i][rows, cols].float().cpu().numpy()
+            for k, m in enumerate(multipliers):
+                if not upper:
+                    break
+                with (layer_window(model, start, n_layers, inject=window.entering_stop), intervention.apply(model, m),
+                      _recording(model, upper, store)):
+                    decoder_forward(model, batch)
+                for i in upper:
+                    chunk[k, hidden_states.index(i)] = store[i][rows, cols].float().cpu().numpy()
+            chunks.append(chunk)
+    values = np.concatenate(chunks, axis=2)
+    pair, answer, position = (np.asarray(column) for column in zip(*meta))
+    order = np.lexsort((position, -answer, pair))  # pair order, A_p before A_n, along the answer
+    return Activations(values[:, :, order], np.asarray(multipliers, dtype=float), hidden_states,
+                       tuple(p.id for p in pairs), pair[order], answer[order], position[order])
+
+
+# ----- the reference: what "on the manifold" means -------------------------------------------------------
+def check_activations(x: np.ndarray, width: int | None = None, where: str = "activations") -> np.ndarray:
+    """A finite (n, width) float array, or a clear error that says what is wrong."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"{where} must be a 2-D (samples, width) array, got shape {x.shape}")
+    if width is not None and x.shape[1] != width:
+        raise ValueError(f"{where} have width {x.shape[1]} but the reference was fitted on width {width} "
+                         "(activations of another model or layer?)")
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{where} contain NaN or infinite values in {int(bad.sum())} of {len(x)} rows "
+                         f"(first: row {int(np.flatnonzero(bad)[0])})")
+    return x
+
+
+@dataclass
+class ManifoldReference:
+    """Estimators fitted on unsteered activations, and the measures they give for any others."""
+
+    width: int
+    n_samples: int
+    pca: object  # sklearn PCA, k chosen by explained variance
+    neighbours: object  # sklearn NearestNeighbors
+    covariance: object  # sklearn LedoitWolf
+    diffmean_direction: np.ndarray  # unit mean(A_p) - mean(A_n)
+    probe_direction: np.ndarray  # unit logistic-probe weights, pointing towards A_p
+    probe_accuracy: float  # on the fitting data
+    variance: float
+    digest: str = field(default="", repr=False)
+
+    @property
+    def n_components(self) -> int:
+        return int(self.pca.n_components_)
+
+    @property
+    def explained_variance(self) -> float:
+        return float(self.pca.explained_variance_ratio_.sum())
+
+    @property
+    def n_neighbours(self) -> int:
+        return int(self.neighbours.n_neighbors)
+
+    def measure(self, x: np.ndarray) -> pd.DataFrame:
+        """Every measure for every row of `x`: three distances from the unsteered cloud and the
+        projections (from the cloud's mean) on the two preference directions."""
+        x = check_activations(x, self.width)
+        reconstructed = self.pca.inverse_transform(self.pca.transform(x))
+        centred = x - self.covariance.location_
+        return pd.DataFrame({
+            "pca_residual": np.linalg.norm(x - reconstructed, axis=1),
+            "knn_distance": self.neighbours.kneighbors(x)[0].mean(axis=1),
+            "mahalanobis": np.sqrt(self.covariance.mahalanobis(x)),
+            "proj_diffmean": centred @ self.diffmean_direction,
+            "proj_probe": centred @ self.probe_direction,
+        })
+
+
+def fit_reference(x: np.ndarray, labels: np.ndarray, *, variance: float | int = 0.9, n_neighbours: int = 10,
+                  seed: int = 0) -> ManifoldReference:
+    """Fit the reference on unsteered activations `x` (rows) with `labels` 1 for A_p tokens, 0 for A_n.
+
+    `variance` in (0, 1) keeps the fewest principal components that explain that share of the
+    variance; an integer keeps that many.
+    """
+    from sklearn.covariance import LedoitWolf
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import NearestNeighbors
+
+    x = check_activations(x, where="reference activations")
+    labels = np.asarray(labels)
+    n, width = x.shape
+    if labels.shape != (n,) or not set(np.unique(labels)) == {0, 1}:
+        raise ValueError(f"labels must be {n} values of 0 and 1 with both present, got shape {labels.shape} "
+                         f"and values {sorted(set(np.unique(labels).tolist()))}")
+    if not 1 <= n_neighbours <= n:
+        raise ValueError(f"k = {n_neighbours} nearest neighbours needs at least k reference samples; there are {n}")
+    if isinstance(variance, (int, np.integer)) and not isinstance(variance, bool):
+        if not 1 <= variance <= min(n, width):
+            raise ValueError(f"k = {variance} principal components needs at least k samples and width k; "
+                             f"there are {n} samples of width {width}")
+    elif not 0 < float(variance) < 1:
+        raise ValueError(f"variance must be a share in (0, 1) or a number of components, got {variance}")
+    pca = PCA(n_components=variance, svd_solver="full", random_state=seed).fit(x)
+    neighbours = NearestNeighbors(n_neighbors=n_neighbours).fit(x)
+    covariance = LedoitWolf().fit(x)
+    diffmean = x[labels == 1].mean(axis=0) - x[labels == 0].mean(axis=0)
+    # Fitted in the activations' own coordinates: standardising first would let the L2 penalty
+    # favour near-constant coordinates, turning the direction towards where the cloud has no spread.
+    probe = LogisticRegression(max_iter=5000, random_state=seed).fit(x - covariance.location_, labels)
+    weights = probe.coef_[0]
+    digest = hashlib.sha256(x.tobytes() + labels.astype(np.int8).tobytes() + repr((variance, n_neighbours, seed)).encode())
+    return ManifoldReference(
+        width=width, n_samples=n, pca=pca, neighbours=neighbours, covariance=covariance,
+        diffmean_direction=diffmean / np.linalg.norm(diffmean), probe_direction=weights / np.linalg.norm(weights),
+        probe_accuracy=float(probe.score(x - covariance.location_, labels)), variance=float(variance),
+        digest=digest.hexdigest()[:16],
+    )
+
+
+def fit_references(activations: Activations, **options: object) -> dict[int, ManifoldReference]:
+    """One reference per captured hidden state, from unsteered activations (m = 0)."""
+    return {i: fit_reference(activations.at(0.0, i), activations.answer, **options) for i in activations.hidden_states}
+
+
+# ----- steered activations against the reference ---------------------------------------------------------
+def measure_activations(activations: Activations, references: dict[int, ManifoldReference]) -> pd.DataFrame:
+    """One row per (hidden state, m, token) with every measure; the grid must contain m = 0, the
+    point every distance and projection gain is read against."""
+    if not np.any(activations.multipliers == 0):
+        raise ValueError(f"the grid {activations.multipliers.tolist()} has no unsteered point (m = 0); "
+                         "distances and projection gains are read against it")
+    missing = [i for i in activations.hidden_states if i not in references]
+    if missing:
+        raise ValueError(f"no reference for hidden states {missing} (references: {sorted(references)})")
+    frames = []
+    for i in activations.hidden_states:
+        for m in activations.multipliers:
+            where = f"activations at hidden state {i}, m = {m:g}"
+            frame = references[i].measure(check_activations(activations.at(m, i), references[i].width, where))
+            frames.append(frame.assign(hidden_state=i, m=float(m),
+                                       pair_id=np.asarray(activations.pair_ids)[activations.pair],
+                                       answer=activations.answer, position=activations.position))
+    columns = ["hidden_state", "m", "pair_id", "answer", "position", *MEASURES]
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+def steering_measures(model: nn.Module, tokenizer: object, pairs: Sequence[PolarityPair], intervention: Intervention,
+                      multipliers: Sequence[float], references: dict[int, ManifoldReference], *,
+                      tokens_per_answer: int = 8, max_answer_tokens: int | None = None, batch_size: int = 16,
+                      cache: bool = True, progress: bool = True) -> pd.DataFrame:
+    """Capture steered activations over a grid and measure them (`measure_activations`).
+
+    The activations themselves are dropped once measured (a steered grid is large); the table is
+    cached as parquet under a key that includes the references' fitting data."""
+    hidden_states = tuple(sorted(references))
+    if not cache:
+        captured = capture_activations(model, tokenizer, pairs, intervention, multipliers, hidden_states,
+                                       tokens_per_answer=tokens_per_answer, max_answer_tokens=max_answer_tokens,
+                                       batch_size=batch_size, progress=progress)
+        return measure_activations(captured, references)
+    _check_capture(model, pairs, intervention, multipliers, hidden_states)
+    key = stable_hash({
+        "code": source_digest("geometry", "sweep", "scoring", "interventions", "models"),
+        "model": model_fingerprint(model), "intervention": intervention_digest(intervention),
+        "pairs": [(p.id, p.question, p.positive, p.negative) for p in pairs],
+        "multipliers": [float(m) for m in multipliers],
+        "references": {str(i): r.digest for i, r in sorted(references.items())},
+        "tokens_per_answer": tokens_per_answer, "max_answer_tokens": max_answer_tokens, "batch_size": batch_size,
+    }, length=24)
+    folder = cache_root() / "manifold"
+    target = folder / f"{key}.parquet"
+    folder.mkdir(parents=True, exist_ok=True)
+    with file_lock(folder / f".{key}.lock"):
+        if not target.is_file():
+            table = steering_measures(model, tokenizer, pairs, intervention, multipliers, references,
+                                      tokens_per_answer=tokens_per_answer, max_answer_tokens=max_answer_tokens,
+                                      batch_size=batch_size, cache=False, progress=progress)
+            partial = folder / f".{key}.parquet.part-{os.getpid()}"
+            table.to_parquet(partial, index=False)
+            os.replace(partial, target)
+    return pd.read_parquet(target)
+
+
+def per_pair(measures: pd.DataFrame) -> pd.DataFrame:
+    """Measures averaged over each pair's kept tokens (both answers): the unit the bootstrap resamples."""
+    return measures.groupby(["hidden_state", "m", "pair_id"], sort=True)[list(MEASURES)].mean().reset_index()
+
+
+def relative_curves(pairs_table: pd.DataFrame) -> pd.DataFrame:
+    """Mean over pairs per (hidden state, m): distances as a ratio to their value at m = 0 and
+    projections as a gain over m = 0 (the paper's "projection gain")."""
+    means = pairs_table.groupby(["hidden_state", "m"], sort=True)[list(MEASURES)].mean().reset_index()
+    if not (means.m == 0).any():
+        raise ValueError("the table has no unsteered point (m = 0) to read distances against")
+    at_zero = means[means.m == 0].set_index("hidden_state")
+    for column in DISTANCES:
+        means[column] = means[column] / means.hidden_state.map(at_zero[column])
+    for column in PROJECTIONS:
+        means[column] = means[column] - means.hidden_state.map(at_zero[column])
+    return means
+
+
+# ----- rank correlations with utility ---------------------------------------------------------------------
+def _spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman's rho between the rows of `a` and of `b` (one curve per row); NaN for a flat curve."""
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(a, axis=-1), rankdata(b, axis=-1)
+    ra, rb = ra - ra.mean(axis=-1, keepdims=True), rb - rb.mean(axis=-1, keepdims=True)
+    denominator = np.sqrt((ra ** 2).sum(axis=-1) * (rb ** 2).sum(axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (ra * rb).sum(axis=-1) / np.where(denominator > 0, denominator, 1), np.nan)
+
+
+def rank_correlations(pairs_table: pd.DataFrame, sweep: pd.DataFrame, decay: object | None = None, *,
+                      n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """Spearman's rho over the m grid between each mean distance curve and the mean UtilOdds
+    curve (and the fitted decay D_u(m), if given as a callable of m), with percentile intervals
+    from resampling the pairs (the same resample for both curves).
+
+    `pairs_table` is `per_pair` output; `sweep` has pair_id, m and util_odds for the same pairs and m.
+    """
+    util = sweep.pivot_table(index="pair_id", columns="m", values="util_odds", aggfunc="first")
+    rng = np.random.default_rng(seed)
+    tail = (1 - level) / 2
+    rows = []
+    for hidden_state, group in pairs_table.groupby("hidden_state", sort=True):
+        first = group.pivot_table(index="pair_id", columns="m", values=DISTANCES[0], aggfunc="first")
+        grid, pair_ids = first.columns.to_numpy(dtype=float), first.index
+        if len(grid) < 3:
+            raise ValueError(f"a rank correlation over m needs at least 3 multipliers, got {grid.tolist()}")
+        missing_m = [float(m) for m in grid if not np.isclose(util.columns.to_numpy(dtype=float), m).any()]
+        missing_pairs = sorted(set(pair_ids) - set(util.index))
+        if missing_m:
+            raise ValueError(f"the sweep lacks UtilOdds at m = {missing_m[:5]} (hidden state {hidden_state})")
+        if missing_pairs:
+            raise ValueError(f"the sweep lacks UtilOdds for pairs {missing_pairs[:5]}")
+        util_values = util.loc[pair_ids, [util.columns[np.isclose(util.columns.to_numpy(dtype=float), m)][0] for m in grid]]
+        util_values = util_values.to_numpy(dtype=float)
+        draws = rng.integers(0, len(pair_ids), size=(n_boot, len(pair_ids)))
+        decay_curve = np.asarray(decay(grid), dtype=float) if decay is not None else None
+        for measure in DISTANCES:
+            values = group.pivot_table(index="pair_id", columns="m", values=measure, aggfunc="first")
+            values = values.loc[pair_ids].to_numpy(dtype=float)
+            row = {"hidden_state": hidden_state, "measure": measure}
+            boot_distance = values[draws].mean(axis=1)
+            row["rho_util"] = float(_spearman_rows(values.mean(axis=0), util_values.mean(axis=0)))
+            boot = _spearman_rows(boot_distance, util_values[draws].mean(axis=1))
+            row["rho_util_low"], row["rho_util_high"] = np.nanquantile(boot, [tail, 1 - tail])
+            if decay_curve is not None:
+                row["rho_decay"] = float(_spearman_rows(values.mean(axis=0), decay_curve))
+                boot = _spearman_rows(boot_distance, np.broadcast_to(decay_curve, boot_distance.shape))
+                row["rho_decay_low"], row["rho_decay_high"] = np.nanquantile(boot, [tail, 1 - tail])
+            rows.append(row)
+    return pd.DataFrame(rows)
