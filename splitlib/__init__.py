@@ -2,9 +2,10 @@
 
 One module per idea: `profiles` (which model, layer and sizes), `models` (loading and generation),
 `interventions` (the unified update of Eq. 4 in three forms), `data` (polarity pairs and splits),
-`scoring` (losses and the two log-odds), `sweep` (the m-sweep engine and DiffMean), `train` (SFT, RePS, SPLIT), `fit` (rational-quadratic decay fits), `cache`
-(atomic, content-keyed artifacts), `plots` (the book's figures), `build` (executing and rendering
-the book) and `bench` (speed measurements).
+`scoring` (losses and the two log-odds), `sweep` (the m-sweep engine and DiffMean), `train` (SFT,
+RePS, SPLIT), `fit` (rational-quadratic decay fits), `geometry` (the activation manifold,
+measured), `cache` (atomic, content-keyed artifacts), `plots` (the book's figures), `build`
+(executing and rendering the book) and `bench` (speed measurements).
 """
 import warnings
 
@@ -14,7 +15,7 @@ import warnings
 warnings.filterwarnings("ignore", message="IProgress not found")
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 
-from . import data, fit, plots  # noqa: E402
+from . import data, fit, geometry, plots  # noqa: E402
 from .cache import cache_root
 from .interventions import (
     FORMS,
@@ -30,7 +31,15 @@ from .models import ModelInfo, decoder_layers, describe_model, down_projection, 
 from .profiles import PROFILES, Profile, get_profile, run_box
 from .scoring import choose_multiplier, summarise
 from .sweep import diffmean, naive_sweep, residual_norm, run_sweep
-from .train import METHODS, METHOD_FORMS, config_for, evaluation_multipliers, train_all, train_intervention
+from .train import (
+    METHODS,
+    METHOD_FORMS,
+    config_for,
+    evaluation_multipliers,
+    evaluation_sweeps,
+    train_all,
+    train_intervention,
+)
 
 __all__ = [
     "FORMS",
@@ -41,12 +50,14 @@ __all__ = [
     "choose_multiplier",
     "config_for",
     "evaluation_multipliers",
+    "evaluation_sweeps",
     "train_all",
     "train_intervention",
     "PolarityPair",
     "TaskData",
     "data",
     "fit",
+    "geometry",
     "diffmean",
     "load_task",
     "naive_sweep",

@@ -51,23 +51,26 @@ MEASURE_LABELS = {
 # ----- capture -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Activations:
-    """Hidden states at a subsample of completion tokens, unsteered or at each m of a grid.
+    """Hidden states at the positions whose read-out the two losses score, unsteered or at each
+    m of a grid: each pair's last prompt token (it predicts the first answer token) and a
+    subsample of the answer tokens that predict the next answer token.
 
     `values[i, j]` holds, for multiplier `multipliers[i]` and hidden state `hidden_states[j]`, one
-    row per kept token; `pair`, `answer` (1 for A_p, 0 for A_n) and `position` (index within the
-    answer) say where each row came from.
+    row per kept position; `pair` (index into `pair_ids`), `answer` (1 for A_p, 0 for A_n, -1 for
+    the prompt token the two answers share) and `position` (index within the answer, -1 for the
+    prompt token) say where each row came from.
     """
 
-    values: np.ndarray  # (n_multipliers, n_hidden_states, n_tokens, width), float32
+    values: np.ndarray  # (n_multipliers, n_hidden_states, n_positions, width), float32
     multipliers: np.ndarray
     hidden_states: tuple[int, ...]
     pair_ids: tuple[str, ...]
-    pair: np.ndarray  # index into pair_ids, per token
+    pair: np.ndarray
     answer: np.ndarray
     position: np.ndarray
 
     def at(self, m: float, hidden_state: int) -> np.ndarray:
-        """The (n_tokens, width) activations at multiplier `m` and hidden state `hidden_state`."""
+        """The (n_positions, width) activations at multiplier `m` and hidden state `hidden_state`."""
         rows = np.flatnonzero(np.isclose(self.multipliers, m, rtol=0, atol=1e-12))
         if rows.size == 0:
             raise KeyError(f"m = {m} is not in the captured grid {self.multipliers.tolist()}")
@@ -87,12 +90,32 @@ def default_hidden_states(model: nn.Module, layer: int, above: int = 4) -> tuple
 
 
 def kept_positions(length: int, per_answer: int) -> np.ndarray:
-    """Evenly spaced token indices of an answer of `length` tokens, at most `per_answer` of them
-    (first and last included): the activations along an answer are strongly correlated, so a few
-    spread out represent it at a fraction of the memory."""
+    """Evenly spaced indices into `length` positions, at most `per_answer` of them (first and
+    last included): activations along an answer are strongly correlated, so a few spread out
+    represent it at a fraction of the memory."""
     if per_answer < 1:
         raise ValueError(f"tokens_per_answer must be at least 1, got {per_answer}")
+    if length < 1:
+        return np.zeros(0, dtype=int)
     return np.unique(np.round(np.linspace(0, length - 1, min(length, per_answer))).astype(int))
+
+
+def _scored_reads(lengths: Sequence[int], pair_indices: Sequence[int], per_answer: int) -> tuple[np.ndarray, list]:
+    """Which of a batch's predictor positions to keep, and (pair, answer, position) for each.
+
+    A sequence's predictors are its last prompt token, then its answer tokens but the last; the
+    prompt token is kept once per pair (both answers read the same one)."""
+    keep, meta, offset = [], [], 0
+    for number, length in enumerate(lengths):  # sequences: A_p, A_n per pair
+        pair, answer = pair_indices[number // 2], 1 - number % 2
+        if answer == 1:
+            keep.append([offset])
+            meta.append((pair, -1, -1))
+        positions = kept_positions(length - 1, per_answer)
+        keep.append(offset + 1 + positions)
+        meta += [(pair, answer, int(p)) for p in positions]
+        offset += length
+    return np.concatenate(keep), meta
 
 
 @contextmanager
@@ -149,8 +172,9 @@ def capture_activations(
     cache: bool = False,
     progress: bool = True,
 ) -> Activations:
-    """Hidden states at `tokens_per_answer` evenly spaced completion tokens of every answer, at
-    every multiplier; the layers below the intervention run once per batch (as in the sweep).
+    """Hidden states at each pair's last prompt token and at up to `tokens_per_answer` evenly
+    spaced answer tokens that predict a scored token (see `Activations`), at every multiplier;
+    the layers below the intervention run once per batch (as in the sweep).
 
     With `cache`, the result is stored under a key of everything that determines it (use it for
     small captures such as a reference cloud; a full steered grid is large)."""
@@ -202,14 +226,10 @@ def _capture(model, tokenizer, pairs, intervention, multipliers, hidden_states, 
         for indices in tqdm(_batches(encoded, batch_size), desc=label, disable=not progress, unit="batch"):
             batch = collate_pairs([encoded[i] for i in indices], pad_token_id(tokenizer), device,
                                   packed=mask_format is not None, mask_format=mask_format or "bool", dtype=dtype)
-            keep, offset = [], 0
-            for number, length in enumerate(batch.lengths):  # sequences: A_p, A_n per pair
-                positions = kept_positions(length, tokens_per_answer)
-                keep.append(offset + positions)
-                offset += length
-                meta += [(indices[number // 2], 1 - number % 2, int(p)) for p in positions]
-            keep = torch.as_tensor(np.concatenate(keep), device=device)
-            rows, cols = batch.rows[keep], batch.own_cols[keep]
+            keep, batch_meta = _scored_reads(batch.lengths, indices, tokens_per_answer)
+            meta += batch_meta
+            keep = torch.as_tensor(keep, device=device)
+            rows, cols = batch.rows[keep], batch.cols[keep]
             chunk = np.empty((len(multipliers), len(hidden_states), len(keep), model.config.hidden_size), np.float32)
             store: dict[int, torch.Tensor] = {}
             with _recording(model, lower, store), layer_window(model, 0, start) as window:
@@ -227,7 +247,8 @@ def _capture(model, tokenizer, pairs, intervention, multipliers, hidden_states, 
             chunks.append(chunk)
     values = np.concatenate(chunks, axis=2)
     pair, answer, position = (np.asarray(column) for column in zip(*meta))
-    order = np.lexsort((position, -answer, pair))  # pair order, A_p before A_n, along the answer
+    kind = np.select([answer == -1, answer == 1], [0, 1], 2)
+    order = np.lexsort((position, kind, pair))  # per pair: the prompt token, then A_p's, then A_n's
     return Activations(values[:, :, order], np.asarray(multipliers, dtype=float), hidden_states,
                        tuple(p.id for p in pairs), pair[order], answer[order], position[order])
 
@@ -292,7 +313,9 @@ class ManifoldReference:
 
 def fit_reference(x: np.ndarray, labels: np.ndarray, *, variance: float | int = 0.9, n_neighbours: int = 10,
                   seed: int = 0) -> ManifoldReference:
-    """Fit the reference on unsteered activations `x` (rows) with `labels` 1 for A_p tokens, 0 for A_n.
+    """Fit the reference on unsteered activations `x` (rows). `labels` are 1 for A_p's tokens and
+    0 for A_n's, which the preference directions are fitted on, and -1 for rows that only join
+    the cloud (the prompt token both answers share).
 
     `variance` in (0, 1) keeps the fewest principal components that explain that share of the
     variance; an integer keeps that many.
@@ -305,9 +328,10 @@ def fit_reference(x: np.ndarray, labels: np.ndarray, *, variance: float | int = 
     x = check_activations(x, where="reference activations")
     labels = np.asarray(labels)
     n, width = x.shape
-    if labels.shape != (n,) or not set(np.unique(labels)) == {0, 1}:
-        raise ValueError(f"labels must be {n} values of 0 and 1 with both present, got shape {labels.shape} "
-                         f"and values {sorted(set(np.unique(labels).tolist()))}")
+    values = set(np.unique(labels).tolist())
+    if labels.shape != (n,) or not {0, 1} <= values <= {-1, 0, 1}:
+        raise ValueError(f"labels must be {n} values of 1, 0 (both present) or -1, got shape {labels.shape} "
+                         f"and values {sorted(values)}")
     if not 1 <= n_neighbours <= n:
         raise ValueError(f"k = {n_neighbours} nearest neighbours needs at least k reference samples; there are {n}")
     if isinstance(variance, (int, np.integer)) and not isinstance(variance, bool):
@@ -320,15 +344,17 @@ def fit_reference(x: np.ndarray, labels: np.ndarray, *, variance: float | int = 
     neighbours = NearestNeighbors(n_neighbors=n_neighbours).fit(x)
     covariance = LedoitWolf().fit(x)
     diffmean = x[labels == 1].mean(axis=0) - x[labels == 0].mean(axis=0)
+    labelled = labels >= 0
     # Fitted in the activations' own coordinates: standardising first would let the L2 penalty
     # favour near-constant coordinates, turning the direction towards where the cloud has no spread.
-    probe = LogisticRegression(max_iter=5000, random_state=seed).fit(x - covariance.location_, labels)
+    answers, answer_labels = x[labelled] - covariance.location_, labels[labelled]
+    probe = LogisticRegression(max_iter=5000, random_state=seed).fit(answers, answer_labels)
     weights = probe.coef_[0]
     digest = hashlib.sha256(x.tobytes() + labels.astype(np.int8).tobytes() + repr((variance, n_neighbours, seed)).encode())
     return ManifoldReference(
         width=width, n_samples=n, pca=pca, neighbours=neighbours, covariance=covariance,
         diffmean_direction=diffmean / np.linalg.norm(diffmean), probe_direction=weights / np.linalg.norm(weights),
-        probe_accuracy=float(probe.score(x - covariance.location_, labels)), variance=float(variance),
+        probe_accuracy=float(probe.score(answers, answer_labels)), variance=float(variance),
         digest=digest.hexdigest()[:16],
     )
 

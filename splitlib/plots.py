@@ -193,3 +193,119 @@ def fitted_regions(panels: list[dict], value: str, ylabel: str, columns: int = 4
         ax.legend(fontsize="x-small", loc="best")
     fig.tight_layout()
     return fig
+
+
+METHOD_COLOURS = {"diffmean": "#4c72b0", "sft": "#8c8c8c", "reps": "#dd8452", "split": "#c44e52"}
+FORM_MARKERS = {"vector": "o", "lora": "s", "local_weight": "^"}
+MEASURE_COLOURS = {"pca_residual": "#1b9e77", "knn_distance": "#d95f02", "mahalanobis": "#7570b3"}
+
+
+def manifold_distances(curves: pd.DataFrame, labels: dict[str, str], columns: int = 4) -> Figure:
+    """One panel per method and form: each distance from the unsteered cloud, as a ratio to its
+    value at m = 0 (log scale, left), and the mean UtilOdds (dashed, right) against m.
+
+    `curves` has method, form, m, util_odds and one column per distance in `labels`."""
+    import matplotlib.pyplot as plt
+
+    keys = list(dict.fromkeys(zip(curves.method, curves.form)))
+    rows = -(-len(keys) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.7 * columns, 2.9 * rows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    for ax, (method, form) in zip(axes.flat, keys):
+        panel = curves[(curves.method == method) & (curves.form == form)].sort_values("m")
+        for measure, label in labels.items():
+            ax.plot(panel.m, panel[measure], marker=".", color=MEASURE_COLOURS[measure], label=label)
+        ax.set_yscale("log")
+        ax.set_title(f"{method} · {FORM_LABELS[form]}", fontsize="small")
+        ax.set_xlabel("m", fontsize="small")
+        ax.set_ylabel("distance / distance at m = 0", fontsize="x-small")
+        twin = ax.twinx()
+        twin.plot(panel.m, panel.util_odds, color="black", linestyle="--", linewidth=1, label="UtilOdds")
+        twin.set_ylabel("UtilOdds", fontsize="x-small")
+        twin.grid(False)
+    handles = axes.flat[0].get_legend_handles_labels()
+    twin_handles = axes.flat[0].figure.axes[-1].get_legend_handles_labels()
+    fig.legend(handles[0] + twin_handles[0], handles[1] + twin_handles[1], loc="lower center",
+               ncol=len(labels) + 1, fontsize="small", bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
+
+
+def correlation_heatmap(table: pd.DataFrame, value: str, title: str) -> Figure:
+    """A rows × columns table of rank correlations in [-1, 1], each cell annotated."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(1.0 * table.shape[1] + 2.5, 0.42 * table.shape[0] + 1.6))
+    sns.heatmap(table, vmin=-1, vmax=1, cmap="vlag", annot=True, fmt=".2f", cbar_kws={"label": value},
+                annot_kws={"fontsize": "x-small"}, ax=ax)
+    ax.set(title=title, xlabel="", ylabel="")
+    ax.tick_params(axis="x", labelsize="x-small", rotation=30)
+    ax.tick_params(axis="y", labelsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def pca_picture(panels: list[dict]) -> Figure:
+    """Unsteered activations (grey) and steered ones coloured by m in two principal components.
+
+    Each panel dict has: title, cloud (n, 2), steered {m: (k, 2)} and axis labels xlabel, ylabel."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib import colors
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        ax.scatter(*panel["cloud"].T, s=4, color="#bbbbbb", alpha=0.5, label="unsteered (train)", rasterized=True)
+        top = max(abs(m) for m in panel["steered"]) or 1.0
+        norm = colors.TwoSlopeNorm(vmin=-top, vcenter=0.0, vmax=top)
+        for m, points in sorted(panel["steered"].items()):
+            scatter = ax.scatter(*np.asarray(points).T, s=7, c=np.full(len(points), m), cmap="coolwarm", norm=norm)
+            ax.annotate(f"m={m:.3g}", np.asarray(points).mean(axis=0), fontsize="x-small", ha="center")
+        fig.colorbar(scatter, ax=ax, label="m")
+        ax.set(title=panel["title"], xlabel=panel["xlabel"], ylabel=panel["ylabel"])
+        ax.legend(loc="upper left", fontsize="x-small")
+    fig.tight_layout()
+    return fig
+
+
+def axis_trajectories(curves: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str) -> Figure:
+    """One panel per form, one line per method: `y` against `x` as m runs over its grid (m = 0
+    is the hollow marker); the shape of the paper's Figure 3, measured."""
+    import matplotlib.pyplot as plt
+
+    forms = list(dict.fromkeys(curves.form))
+    fig, axes = plt.subplots(1, len(forms), figsize=(4.4 * len(forms), 3.8), squeeze=False, sharey=True)
+    for ax, form in zip(axes[0], forms):
+        for method, group in curves[curves.form == form].groupby("method", sort=False):
+            group = group.sort_values("m")
+            ax.plot(group[x], group[y], marker=FORM_MARKERS[form], markersize=3, color=METHOD_COLOURS[method],
+                    label=method)
+            zero = group[group.m == 0]
+            ax.scatter(zero[x], zero[y], s=60, facecolors="none", edgecolors="black", zorder=3)
+        ax.set(title=FORM_LABELS[form], xlabel=xlabel)
+        ax.legend(fontsize="x-small")
+    axes[0, 0].set_ylabel(ylabel)
+    fig.tight_layout()
+    return fig
+
+
+def utility_against_distance(curves: pd.DataFrame, labels: dict[str, str]) -> Figure:
+    """UtilOdds(m) - UtilOdds(0) against each distance ratio, every method and form on one axis:
+    if validity depended on the distance alone (Assumption 4.2), the curves would coincide."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(labels), figsize=(4.4 * len(labels), 3.8), squeeze=False, sharey=True)
+    for ax, (measure, label) in zip(axes[0], labels.items()):
+        for (method, form), group in curves.groupby(["method", "form"], sort=False):
+            for number, side in enumerate((group[group.m >= 0], group[group.m <= 0])):  # one line per side
+                ax.plot(side[measure], side.util_drop, marker=FORM_MARKERS[form], markersize=3, linewidth=0.8,
+                        color=METHOD_COLOURS[method], alpha=0.8,
+                        label=None if number else f"{method} · {FORM_LABELS[form]}")
+        ax.set_xscale("log")
+        ax.set(xlabel=f"{label} / value at m = 0", title=label)
+    axes[0, 0].set_ylabel("UtilOdds(m) − UtilOdds(0)")
+    axes[0, -1].legend(fontsize="xx-small", ncol=2, loc="lower left")
+    fig.tight_layout()
+    return fig

@@ -16,6 +16,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
@@ -34,6 +35,7 @@ from .sweep import (
     lm_logits,
     pad_token_id,
     packed_mask_format,
+    run_sweep,
 )
 
 METHODS = ("diffmean", "sft", "reps", "split")
@@ -360,3 +362,21 @@ def evaluation_multipliers(profile: Profile, method: str, form: str, interventio
         return [x * scale for x in profile.relative_grid if x >= 0]
     grid = profile.vector_grid if form == "vector" else profile.weight_grid
     return [m for m in grid if m >= 0]
+
+
+def evaluation_sweeps(model: nn.Module, tokenizer: object, splits: dict[str, Sequence[PolarityPair]],
+                      trained: dict[tuple[str, str], Intervention], profile: Profile, unit: float, *,
+                      negative: bool = True, progress: bool = True) -> pd.DataFrame:
+    """Every trained update swept on every split over its evaluation grid (m >= 0) and, with
+    `negative`, over the mirrored m < 0, with summed losses; one table with method and form
+    columns. Each sweep is cached, so chapters that ask for the same ones share them."""
+    tables = []
+    for (method, form), intervention in trained.items():
+        positive = evaluation_multipliers(profile, method, form, intervention, unit)
+        grids = (positive, [-m for m in positive if m > 0]) if negative else (positive,)
+        for split, pairs in splits.items():
+            for grid in grids:
+                table = run_sweep(model, tokenizer, pairs, intervention, grid, split=split, loss="sum",
+                                  batch_size=profile.batch_size, progress=progress)
+                tables.append(table.assign(method=method, form=form))
+    return pd.concat(tables, ignore_index=True)

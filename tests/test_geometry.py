@@ -117,6 +117,8 @@ def test_bad_reference_input():
         geometry.fit_reference(x, labels, variance=1.5)
     with pytest.raises(ValueError, match="both present"):
         geometry.fit_reference(x, np.zeros(40, dtype=int))
+    with pytest.raises(ValueError, match=r"got shape \(40,\) and values \[0, 1, 2\]"):
+        geometry.fit_reference(x, np.arange(40) % 3)
     with pytest.raises(ValueError, match="2-D"):
         geometry.fit_reference(x[0], labels)
 
@@ -216,11 +218,11 @@ def test_captured_activations_equal_a_plain_forward(big_model, tokenizer, pairs,
     encoded = encode_pairs(tokenizer, pairs)
     for k, m in enumerate(grid):
         for row, (p, answer, position) in enumerate(zip(captured.pair, captured.answer, captured.position)):
-            sequence = encoded[p].prompt + (encoded[p].positive if answer else encoded[p].negative)
+            sequence = encoded[p].prompt + (encoded[p].negative if answer == 0 else encoded[p].positive)
             with torch.no_grad(), intervention.apply(big_model, m):
                 hidden = big_model(input_ids=torch.tensor([sequence]), output_hidden_states=True).hidden_states
             for j, state in enumerate(states):
-                expected = hidden[state][0, len(encoded[p].prompt) + position].numpy()
+                expected = hidden[state][0, len(encoded[p].prompt) + position].numpy()  # -1: the last prompt token
                 np.testing.assert_allclose(captured.values[k, j, row], expected, rtol=1e-4, atol=1e-4)
     moved = np.abs(captured.at(1.5, LAYER + 1) - captured.at(0.0, LAYER + 1)).max()
     assert moved > 1e-2, "the intervention should move its own layer's output"
@@ -235,10 +237,15 @@ def test_capture_keeps_a_few_tokens_per_answer_and_is_deterministic(tokenizer, p
     second = geometry.capture_activations(model, tokenizer, pairs, intervention, [0.0, 1.0], (3, 4),
                                           tokens_per_answer=2, progress=False)
     np.testing.assert_array_equal(first.values, second.values)
-    lengths = [len(a) for e in encode_pairs(tokenizer, pairs) for a in (e.positive, e.negative)]
-    assert first.values.shape == (2, 2, sum(min(n, 2) for n in lengths), 32)
+    encoded = encode_pairs(tokenizer, pairs)
+    # per pair: its last prompt token, then up to 2 of each answer's tokens that predict the next one
+    expected = sum(1 + min(len(e.positive) - 1, 2) + min(len(e.negative) - 1, 2) for e in encoded)
+    assert first.values.shape == (2, 2, expected, 32)
+    assert len(encoded[0].positive) == len(encoded[0].negative) == 3  # "Yes" / "No", then the end of turn
+    assert list(first.answer[:5]) == [-1, 1, 1, 0, 0] and list(first.position[:5]) == [-1, 0, 1, 0, 1]
     assert list(geometry.kept_positions(10, 4)) == [0, 3, 6, 9]
     assert list(geometry.kept_positions(2, 8)) == [0, 1]
+    assert list(geometry.kept_positions(0, 8)) == []
 
 
 def test_unsteered_capture_equals_m_zero(tokenizer, pairs):
