@@ -489,9 +489,42 @@ def rank_correlations(pairs_table: pd.DataFrame, sweep: pd.DataFrame, decay: obj
             row["rho_util"] = float(_spearman_rows(values.mean(axis=0), util_values.mean(axis=0)))
             boot = _spearman_rows(boot_distance, util_values[draws].mean(axis=1))
             row["rho_util_low"], row["rho_util_high"] = np.nanquantile(boot, [tail, 1 - tail])
+            row["rho_decay"] = row["rho_decay_low"] = row["rho_decay_high"] = np.nan  # no fitted decay
             if decay_curve is not None:
                 row["rho_decay"] = float(_spearman_rows(values.mean(axis=0), decay_curve))
                 boot = _spearman_rows(boot_distance, np.broadcast_to(decay_curve, boot_distance.shape))
                 row["rho_decay_low"], row["rho_decay_high"] = np.nanquantile(boot, [tail, 1 - tail])
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+# ----- reading the curves -------------------------------------------------------------------------------
+def _sides(group: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The m >= 0 and the m <= 0 half of one curve, each ordered by growing |m|."""
+    return group[group.m >= 0].sort_values("m"), group[group.m <= 0].sort_values("m", ascending=False)
+
+
+def moving_away(curves: pd.DataFrame, by: Sequence[str] = ("method", "form", "hidden_state")) -> pd.Series:
+    """For each curve (`by`), distance and side of the origin: True if the distance never falls
+    as |m| grows (steering only ever moves the activations further from the unsteered cloud)."""
+    result = {}
+    for key, group in curves.groupby(list(by)):
+        for side_name, side in zip(("m >= 0", "m <= 0"), _sides(group)):
+            for name in DISTANCES:
+                never_falls = bool(np.all(np.diff(side[name].to_numpy()) >= -1e-9))
+                result[(*(key if isinstance(key, tuple) else (key,)), side_name, name)] = never_falls
+    return pd.Series(result, dtype=bool)
+
+
+def utility_at_distance(curves: pd.DataFrame, measure: str, ratio: float) -> pd.Series:
+    """Each curve's utility change (`util_drop`) where `measure` reaches `ratio` times its
+    unsteered value, interpolated, per (method, form, side); curves that never get so far are left out."""
+    if measure not in DISTANCES:
+        raise ValueError(f"unknown distance {measure!r}; choose one of {DISTANCES}")
+    result = {}
+    for (method, form), group in curves.groupby(["method", "form"]):
+        for side_name, side in zip(("m >= 0", "m <= 0"), _sides(group)):
+            if side[measure].max() >= ratio:
+                side = side.sort_values(measure)
+                result[(method, form, side_name)] = float(np.interp(ratio, side[measure], side.util_drop))
+    return pd.Series(result, dtype=float)

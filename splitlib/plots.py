@@ -257,13 +257,13 @@ def pca_picture(panels: list[dict]) -> Figure:
 
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
     for ax, panel in zip(axes[0], panels):
-        ax.scatter(*panel["cloud"].T, s=4, color="#bbbbbb", alpha=0.5, label="unsteered (train)", rasterized=True)
         top = max(abs(m) for m in panel["steered"]) or 1.0
         norm = colors.TwoSlopeNorm(vmin=-top, vcenter=0.0, vmax=top)
         for m, points in sorted(panel["steered"].items()):
-            scatter = ax.scatter(*np.asarray(points).T, s=7, c=np.full(len(points), m), cmap="coolwarm", norm=norm)
-            ax.annotate(f"m={m:.3g}", np.asarray(points).mean(axis=0), fontsize="x-small", ha="center")
-        fig.colorbar(scatter, ax=ax, label="m")
+            scatter = ax.scatter(*np.asarray(points).T, s=9, c=np.full(len(points), m), cmap="coolwarm", norm=norm,
+                                 alpha=0.7, rasterized=True)
+        ax.scatter(*panel["cloud"].T, s=3, color="black", alpha=0.6, label="unsteered (train)", zorder=3, rasterized=True)
+        fig.colorbar(scatter, ax=ax, label="m (steered test activations)")
         ax.set(title=panel["title"], xlabel=panel["xlabel"], ylabel=panel["ylabel"])
         ax.legend(loc="upper left", fontsize="x-small")
     fig.tight_layout()

@@ -295,3 +295,20 @@ def test_captures_and_measures_are_cached_without_going_stale(cache_dir, tokeniz
     with pytest.raises(pytest.fail.Exception):
         geometry.steering_measures(model, tokenizer, pairs, intervention, grid, other, progress=False)
     assert len(list((cache_dir / "activations").glob("*.npz"))) == 1
+
+
+def test_reading_the_curves():
+    rows = []
+    for m in GRID:
+        rows.append({"method": "a", "form": "vector", "hidden_state": 1, "m": m, "pca_residual": 1 + abs(m),
+                     "knn_distance": 1 + m * m, "mahalanobis": 1 + 2 * abs(m), "util_drop": -abs(m)})
+        rows.append({"method": "b", "form": "vector", "hidden_state": 1, "m": m, "pca_residual": 1 + abs(m),
+                     "knn_distance": 1 + abs(m) * (m != 2.0), "mahalanobis": 1 + abs(m) / 10, "util_drop": m})
+    curves = pd.DataFrame(rows)
+    away = geometry.moving_away(curves)
+    assert len(away) == 2 * 2 * 3 and away.sum() == 11  # only b's knn distance comes back, at m = 2
+    assert not away[("b", "vector", 1, "m >= 0", "knn_distance")]
+    reads = geometry.utility_at_distance(curves, "mahalanobis", 3.0)  # a reaches 3 at |m| = 1; b never does
+    assert reads.to_dict() == {("a", "vector", "m >= 0"): -1.0, ("a", "vector", "m <= 0"): -1.0}
+    with pytest.raises(ValueError, match="unknown distance"):
+        geometry.utility_at_distance(curves, "proj_probe", 3.0)
