@@ -103,3 +103,19 @@ def cached_directory(final: str | Path, build: Any) -> Path:
         with atomic_directory(final) as tmp:
             build(tmp)
     return final
+
+
+def cached_file(final: str | Path, write: Any) -> Path:
+    """Return `final`, calling `write(partial_path)` first if it does not exist yet; the partial
+    file is renamed into place only once written, under a lock (the file twin of `cached_directory`)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(final.parent / f".{final.name}.lock"):
+        if not final.is_file():
+            partial = final.parent / f".{final.name}.part-{os.getpid()}"
+            try:
+                write(partial)
+                os.replace(partial, final)
+            finally:
+                partial.unlink(missing_ok=True)
+    return final

@@ -11,17 +11,17 @@ the last index is the final norm's output, what the LM head reads.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from .cache import cache_root, file_lock, source_digest, stable_hash
+from .cache import cache_root, cached_file, source_digest, stable_hash
 from .data import PolarityPair
 from .interventions import Intervention
 from .models import decoder_layers, model_fingerprint
@@ -183,30 +183,33 @@ def capture_activations(
     if not cache:
         return _capture(model, tokenizer, pairs, intervention, multipliers, hidden_states, tokens_per_answer,
                         max_answer_tokens, batch_size, progress)
-    key = stable_hash({
+    key = _capture_key(model, pairs, intervention, multipliers, tokens_per_answer, max_answer_tokens, batch_size,
+                       hidden_states=hidden_states)
+
+    def write(path: Path) -> None:
+        result = _capture(model, tokenizer, pairs, intervention, multipliers, hidden_states, tokens_per_answer,
+                          max_answer_tokens, batch_size, progress)
+        with open(path, "wb") as handle:
+            np.savez(handle, values=result.values, multipliers=result.multipliers,
+                     hidden_states=np.asarray(result.hidden_states), pair_ids=np.asarray(result.pair_ids),
+                     pair=result.pair, answer=result.answer, position=result.position)
+
+    with np.load(cached_file(cache_root() / "activations" / f"{key}.npz", write)) as stored:
+        return Activations(stored["values"], stored["multipliers"], tuple(int(i) for i in stored["hidden_states"]),
+                           tuple(str(p) for p in stored["pair_ids"]), stored["pair"], stored["answer"], stored["position"])
+
+
+def _capture_key(model: nn.Module, pairs: Sequence[PolarityPair], intervention: Intervention | None,
+                 multipliers: Sequence[float], tokens_per_answer: int, max_answer_tokens: int | None, batch_size: int,
+                 **extra: object) -> str:
+    """Everything that determines a capture (and what is computed from it: `extra`)."""
+    return stable_hash({
         "code": source_digest("geometry", "sweep", "scoring", "interventions", "models"),
         "model": model_fingerprint(model), "intervention": intervention_digest(intervention),
         "pairs": [(p.id, p.question, p.positive, p.negative) for p in pairs],
-        "multipliers": [float(m) for m in multipliers], "hidden_states": hidden_states,
-        "tokens_per_answer": tokens_per_answer, "max_answer_tokens": max_answer_tokens, "batch_size": batch_size,
+        "multipliers": [float(m) for m in multipliers], "tokens_per_answer": tokens_per_answer,
+        "max_answer_tokens": max_answer_tokens, "batch_size": batch_size, **extra,
     }, length=24)
-    folder = cache_root() / "activations"
-    target = folder / f"{key}.npz"
-    folder.mkdir(parents=True, exist_ok=True)
-    with file_lock(folder / f".{key}.lock"):
-        if not target.is_file():
-            result = _capture(model, tokenizer, pairs, intervention, multipliers, hidden_states, tokens_per_answer,
-                              max_answer_tokens, batch_size, progress)
-            partial = folder / f".{key}.npz.part-{os.getpid()}"
-            with open(partial, "wb") as handle:
-                np.savez(handle, values=result.values, multipliers=result.multipliers,
-                         hidden_states=np.asarray(result.hidden_states), pair_ids=np.asarray(result.pair_ids),
-                         pair=result.pair, answer=result.answer, position=result.position)
-            os.replace(partial, target)
-            return result
-    with np.load(target) as stored:
-        return Activations(stored["values"], stored["multipliers"], tuple(int(i) for i in stored["hidden_states"]),
-                           tuple(str(p) for p in stored["pair_ids"]), stored["pair"], stored["answer"], stored["position"])
 
 
 def _capture(model, tokenizer, pairs, intervention, multipliers, hidden_states, tokens_per_answer,
@@ -401,26 +404,15 @@ def steering_measures(model: nn.Module, tokenizer: object, pairs: Sequence[Polar
                                        batch_size=batch_size, progress=progress)
         return measure_activations(captured, references)
     _check_capture(model, pairs, intervention, multipliers, hidden_states)
-    key = stable_hash({
-        "code": source_digest("geometry", "sweep", "scoring", "interventions", "models"),
-        "model": model_fingerprint(model), "intervention": intervention_digest(intervention),
-        "pairs": [(p.id, p.question, p.positive, p.negative) for p in pairs],
-        "multipliers": [float(m) for m in multipliers],
-        "references": {str(i): r.digest for i, r in sorted(references.items())},
-        "tokens_per_answer": tokens_per_answer, "max_answer_tokens": max_answer_tokens, "batch_size": batch_size,
-    }, length=24)
-    folder = cache_root() / "manifold"
-    target = folder / f"{key}.parquet"
-    folder.mkdir(parents=True, exist_ok=True)
-    with file_lock(folder / f".{key}.lock"):
-        if not target.is_file():
-            table = steering_measures(model, tokenizer, pairs, intervention, multipliers, references,
-                                      tokens_per_answer=tokens_per_answer, max_answer_tokens=max_answer_tokens,
-                                      batch_size=batch_size, cache=False, progress=progress)
-            partial = folder / f".{key}.parquet.part-{os.getpid()}"
-            table.to_parquet(partial, index=False)
-            os.replace(partial, target)
-    return pd.read_parquet(target)
+    key = _capture_key(model, pairs, intervention, multipliers, tokens_per_answer, max_answer_tokens, batch_size,
+                       references={str(i): r.digest for i, r in sorted(references.items())})
+
+    def write(path: Path) -> None:
+        steering_measures(model, tokenizer, pairs, intervention, multipliers, references,
+                          tokens_per_answer=tokens_per_answer, max_answer_tokens=max_answer_tokens,
+                          batch_size=batch_size, cache=False, progress=progress).to_parquet(path, index=False)
+
+    return pd.read_parquet(cached_file(cache_root() / "manifold" / f"{key}.parquet", write))
 
 
 def per_pair(measures: pd.DataFrame) -> pd.DataFrame:

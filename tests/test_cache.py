@@ -66,3 +66,21 @@ def test_concurrent_builders_build_once(tmp_path):
         assert worker.exitcode == 0
     assert log.read_text() == "built\n"
     assert (tmp_path / "x" / "value.txt").read_text() == "done"
+
+
+def test_a_cached_file_appears_only_when_written_whole(tmp_path):
+    from splitlib.cache import cached_file
+
+    target = tmp_path / "kind" / "key.bin"
+
+    def fail(path):
+        path.write_bytes(b"half")
+        raise RuntimeError("killed while writing")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        cached_file(target, fail)
+    assert not target.exists() and [p.name for p in target.parent.iterdir()] == [".key.bin.lock"]
+    calls = []
+    assert cached_file(target, lambda path: calls.append(path.write_bytes(b"whole"))).read_bytes() == b"whole"
+    assert cached_file(target, lambda path: calls.append("again")).read_bytes() == b"whole"
+    assert len(calls) == 1
