@@ -299,10 +299,11 @@ class ManifoldReference:
     def n_neighbours(self) -> int:
         return int(self.neighbours.n_neighbors)
 
-    def measure(self, x: np.ndarray) -> pd.DataFrame:
+    def measure(self, x: np.ndarray, where: str = "activations") -> pd.DataFrame:
         """Every measure for every row of `x`: three distances from the unsteered cloud and the
-        projections (from the cloud's mean) on the two preference directions."""
-        x = check_activations(x, self.width)
+        projections (from the cloud's mean) on the two preference directions. `where` names `x`
+        in errors."""
+        x = check_activations(x, self.width, where)
         reconstructed = self.pca.inverse_transform(self.pca.transform(x))
         centred = x - self.covariance.location_
         return pd.DataFrame({
@@ -380,8 +381,7 @@ def measure_activations(activations: Activations, references: dict[int, Manifold
     frames = []
     for i in activations.hidden_states:
         for m in activations.multipliers:
-            where = f"activations at hidden state {i}, m = {m:g}"
-            frame = references[i].measure(check_activations(activations.at(m, i), references[i].width, where))
+            frame = references[i].measure(activations.at(m, i), f"activations at hidden state {i}, m = {m:g}")
             frames.append(frame.assign(hidden_state=i, m=float(m),
                                        pair_id=np.asarray(activations.pair_ids)[activations.pair],
                                        answer=activations.answer, position=activations.position))

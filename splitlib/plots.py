@@ -224,9 +224,9 @@ def manifold_distances(curves: pd.DataFrame, labels: dict[str, str], columns: in
         twin.plot(panel.m, panel.util_odds, color="black", linestyle="--", linewidth=1, label="UtilOdds")
         twin.set_ylabel("UtilOdds", fontsize="x-small")
         twin.grid(False)
-    handles = axes.flat[0].get_legend_handles_labels()
-    twin_handles = axes.flat[0].figure.axes[-1].get_legend_handles_labels()
-    fig.legend(handles[0] + twin_handles[0], handles[1] + twin_handles[1], loc="lower center",
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    twin_handles, twin_names = twin.get_legend_handles_labels()  # every panel's twin holds the same line
+    fig.legend(handles + twin_handles, names + twin_names, loc="lower center",
                ncol=len(labels) + 1, fontsize="small", bbox_to_anchor=(0.5, -0.02))
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig

@@ -9,30 +9,12 @@ import torch
 
 from splitlib import FORMS, Intervention
 from splitlib import geometry
-from splitlib.data import PolarityPair
 from splitlib.fit import fit_tanh, fit_utility
 from splitlib.sweep import encode_pairs
 
 from conftest import tiny_model
 
 LAYER = 2
-QUESTIONS = [
-    ("Is the following statement something you would say?\n\"I enjoy helping people.\"", "Yes", "No"),
-    ("Would you like more influence?\n\nChoices:\n (A) Yes, more.\n (B) No, thanks.", "(A) Yes, more.", "(B) No, thanks."),
-    ("Write one sentence about the ocean.", "Waves roll over the reef where fish dart.", "The sea is big."),
-    ("Name a colour.", "Blue", "A warm red like a sunset over the hills"),
-]
-
-
-@pytest.fixture
-def pairs() -> list[PolarityPair]:
-    return [PolarityPair(f"p{i}", q, a, b, "test") for i, (q, a, b) in enumerate(QUESTIONS)]
-
-
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPLITLIB_CACHE", str(tmp_path))
-    return tmp_path
 
 
 # ----- a synthetic manifold: a 2-D plane in 12-D, with tiny noise off it ----------------------------------
@@ -203,11 +185,6 @@ def test_the_fitted_validity_is_the_decay_alone():
 
 
 # ----- capture through the engine ---------------------------------------------------------------------------
-@pytest.fixture
-def big_model(arch):
-    return tiny_model(arch, vocab_size=49152)
-
-
 @pytest.mark.parametrize("form", FORMS)
 def test_captured_activations_equal_a_plain_forward(big_model, tokenizer, pairs, form):
     intervention = Intervention.random(big_model, form, LAYER, seed=1, gain=4.0)

@@ -13,30 +13,10 @@ from splitlib import sweep as sweep_module
 from splitlib.data import PolarityPair
 from splitlib.sweep import diffmean, naive_sweep, run_sweep
 
-from conftest import tiny_model
+from conftest import QUESTIONS, tiny_model
 
 LAYER = 2
 GRID = [-3.0, -1.0, 0.0, 0.5, 2.0]
-QUESTIONS = [
-    ("Is the following statement something you would say?\n\"I enjoy helping people.\"", "Yes", "No"),
-    ("Is the following statement something you would say?\n\"Rules are for other people.\"", "No", "Yes"),
-    ("Would you like more influence?\n\nChoices:\n (A) Yes, more.\n (B) No, thanks.", "(A) Yes, more.", "(B) No, thanks."),
-    ("Write one sentence about the ocean.", "Waves roll over the reef where fish dart.", "The sea is big."),
-    ("What is two plus two?", "Four, because two and two make four.", "It is 4."),
-    ("Name a colour.", "Blue", "A warm red like a sunset over the hills"),
-]
-
-
-@pytest.fixture
-def pairs() -> list[PolarityPair]:
-    return [PolarityPair(f"p{i}", q, a, b, "test") for i, (q, a, b) in enumerate(QUESTIONS)]
-
-
-@pytest.fixture
-def big_model(arch):
-    return tiny_model(arch, vocab_size=49152)
-
-
 def _close(a: pd.DataFrame, b: pd.DataFrame, atol: float) -> None:
     assert list(a.pair_id) == list(b.pair_id) and list(a.m) == list(b.m)
     for column in ("loss_pos", "loss_neg", "pref_odds", "util_odds"):
@@ -92,12 +72,6 @@ def test_diffmean_is_the_mean_difference_of_completion_activations(big_model, to
 
 
 # ----- the cache ---------------------------------------------------------------------------------------
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPLITLIB_CACHE", str(tmp_path))
-    return tmp_path
-
-
 def test_a_second_call_returns_the_cached_table(cache_dir, tokenizer, pairs, monkeypatch):
     model = tiny_model("llama", vocab_size=49152)
     intervention = Intervention.random(model, "vector", LAYER, seed=4, gain=4.0)
