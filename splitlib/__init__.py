@@ -2,10 +2,11 @@
 
 One module per idea: `profiles` (which model, layer and sizes), `models` (loading and generation),
 `interventions` (the unified update of Eq. 4 in three forms), `data` (polarity pairs and splits),
-`scoring` (losses and the two log-odds), `sweep` (the m-sweep engine and DiffMean), `train` (SFT,
-RePS, SPLIT), `fit` (rational-quadratic decay fits), `geometry` (the activation manifold,
-measured), `cache` (atomic, content-keyed artifacts), `plots` (the book's figures), `build`
-(executing and rendering the book) and `bench` (speed measurements).
+`scoring` (losses and the two log-odds), `engine` (the two-part forward: packed rows, batched
+multipliers, capture), `sweep` (the m-sweep table), `train` (SFT, RePS, SPLIT and DiffMean),
+`fit` (rational-quadratic decay fits), `geometry` (the activation manifold, measured), `attention`
+(masks for packed rows), `cache` (atomic, content-keyed artifacts), `plots` (the book's figures),
+`build` (executing and rendering the book) and `bench` (speed measurements).
 """
 import warnings
 
@@ -15,8 +16,9 @@ import warnings
 warnings.filterwarnings("ignore", message="IProgress not found")
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 
-from . import data, fit, geometry, plots  # noqa: E402
+from . import book, data, fit, geometry, plots  # noqa: E402
 from .cache import cache_root
+from .data import TASKS, PolarityPair, TaskData, load_task
 from .interventions import (
     FORMS,
     Applied,
@@ -26,17 +28,19 @@ from .interventions import (
     parameter_table,
     record_layer,
 )
-from .data import TASKS, PolarityPair, TaskData, load_task
 from .models import ModelInfo, decoder_layers, describe_model, down_projection, encode_chat, generate, load_model
-from .profiles import PROFILES, Profile, get_profile, run_box
+from .profiles import PROFILES, EngineSettings, Profile, get_profile
 from .scoring import choose_multiplier, summarise
-from .sweep import diffmean, naive_sweep, residual_norm, run_sweep
+from .sweep import naive_sweep, run_sweep
 from .train import (
-    METHODS,
     METHOD_FORMS,
+    METHODS,
     config_for,
+    diffmean,
+    evaluation_grid,
     evaluation_multipliers,
     evaluation_sweeps,
+    residual_norm,
     train_all,
     train_intervention,
 )
@@ -49,7 +53,9 @@ __all__ = [
     "METHOD_FORMS",
     "choose_multiplier",
     "config_for",
+    "evaluation_grid",
     "evaluation_multipliers",
+    "EngineSettings",
     "evaluation_sweeps",
     "train_all",
     "train_intervention",
@@ -79,8 +85,8 @@ __all__ = [
     "load_model",
     "measure_delta_h",
     "parameter_table",
+    "book",
     "plots",
     "record_layer",
-    "run_box",
 ]
 __version__ = "0.1.0"

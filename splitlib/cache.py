@@ -1,8 +1,9 @@
 """Where splitlib keeps what it computes once: an atomic, locked, content-keyed cache.
 
-Every artifact (a dequantised model, later sweeps and trained interventions) lives in a folder
-named by a hash of everything that determines it. A folder only ever appears whole: it is built
-under a temporary name and renamed into place, so a killed run leaves nothing a reader picks up.
+Every artifact (the dequantised model, sweeps, captures and measures, trained interventions,
+generations) is a file or folder named by a hash of everything that determines it (for the
+engine's artifacts, `engine.artifact_key`), written by `cached_artifact`: built under a temporary
+name and renamed into place under a lock, so a killed run leaves nothing a reader picks up.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -68,54 +69,74 @@ def file_lock(path: str | Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-@contextmanager
-def atomic_directory(final: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary folder; on success it is renamed to `final` in one step.
+def cached_artifact(final: str | Path, build: Callable[[Path], object], *, folder: bool = False) -> Path:
+    """Return `final`, calling `build(tmp)` first if it does not exist yet: the one way splitlib
+    writes an artifact.
 
-    If the body raises, the temporary folder is removed and `final` is untouched.
+    `build` writes a file at `tmp` (or, with `folder`, fills the empty folder `tmp`); it is
+    renamed to `final` in one step once whole, under a lock, so concurrent callers build once and a
+    killed run leaves no artifact. Temporary leftovers of killed runs for the same name are removed
+    first (the lock proves nobody is still writing them).
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f"{_TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        if final.exists():  # another writer won the race; theirs is as good as ours
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def cached_directory(final: str | Path, build: Any) -> Path:
-    """Return `final`, calling `build(tmp_folder)` first if it does not exist yet.
-
-    Safe against concurrent callers (a lock) and killed runs (an atomic rename).
-    """
-    final = Path(final)
-    if final.is_dir():
+    if final.exists():
         return final
-    with file_lock(final.parent / f".{final.name}.lock"):
-        if final.is_dir():  # built by another process while we waited
-            return final
-        with atomic_directory(final) as tmp:
-            build(tmp)
-    return final
-
-
-def cached_file(final: str | Path, write: Any) -> Path:
-    """Return `final`, calling `write(partial_path)` first if it does not exist yet; the partial
-    file is renamed into place only once written, under a lock (the file twin of `cached_directory`)."""
-    final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(final.parent / f".{final.name}.lock"):
-        if not final.is_file():
-            partial = final.parent / f".{final.name}.part-{os.getpid()}"
-            try:
-                write(partial)
-                os.replace(partial, final)
-            finally:
-                partial.unlink(missing_ok=True)
+        if final.exists():  # built by another process while we waited
+            return final
+        for leftover in final.parent.glob(f"{_TMP_PREFIX}{final.name}-*"):
+            _remove(leftover)
+        tmp = final.parent / f"{_TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
+        if folder:
+            tmp.mkdir()
+        try:
+            build(tmp)
+            if not tmp.exists():
+                raise RuntimeError(f"building {final} wrote nothing at {tmp}")
+            os.replace(tmp, final)
+        finally:
+            _remove(tmp)
     return final
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+class ResumableBatches:
+    """Finished batches of a long computation kept in `folder` (one `.npy` each, written
+    atomically), so a killed run resumes where it stopped; the folder is removed once the
+    computation inside the `with` block has finished."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    def __enter__(self) -> ResumableBatches:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        if kind is None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _path(self, number: int) -> Path:
+        return self.folder / f"batch-{number:05d}.npy"
+
+    def load(self, number: int) -> Any:
+        """Batch `number`'s saved result, or None if it was not finished."""
+        import numpy as np
+
+        path = self._path(number)
+        return np.load(path) if path.is_file() else None
+
+    def save(self, number: int, values: Any) -> None:
+        import numpy as np
+
+        partial = self.folder / f"{_TMP_PREFIX}{number:05d}-{os.getpid()}.npy"
+        with open(partial, "wb") as handle:
+            np.save(handle, values)
+        os.replace(partial, self._path(number))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .cache import cache_root, file_digest, file_lock
+from .cache import cache_root, cached_artifact, file_digest, file_lock
 from .profiles import Profile
 
 DATA_ENV = "SPLITLIB_DATA"
@@ -347,15 +347,6 @@ def unsteered_answers(model: object, tokenizer: object, questions: list[str], ma
     key = stable_hash({"model": model_fingerprint(model), "questions": questions, "tokens": max_new_tokens,
                        "template": getattr(tokenizer, "chat_template", None),
                        "code": source_digest("models", "scoring")})
-    target = cache_root() / "generations" / f"{key}.json"
-    if target.is_file():
-        return json.loads(target.read_text())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(target.parent / f".{key}.lock"):
-        if target.is_file():
-            return json.loads(target.read_text())
-        answers = generate(model, tokenizer, questions, max_new_tokens)
-        partial = target.with_name(f".{target.name}.part-{os.getpid()}")
-        partial.write_text(json.dumps(answers))
-        os.replace(partial, target)
-    return answers
+    path = cached_artifact(cache_root() / "generations" / f"{key}.json",
+                           lambda tmp: tmp.write_text(json.dumps(generate(model, tokenizer, questions, max_new_tokens))))
+    return json.loads(path.read_text())

@@ -11,31 +11,23 @@ the last index is the final norm's output, what the LM head reads.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
 
-from .cache import cache_root, cached_file, source_digest, stable_hash
+from .cache import cache_root, cached_artifact
 from .data import PolarityPair
+from .engine import artifact_key, hidden_state_module, resolved
 from .interventions import Intervention
-from .models import decoder_layers, model_fingerprint
-from .sweep import (
-    _batches,
-    collate_pairs,
-    decoder_forward,
-    encode_pairs,
-    intervention_digest,
-    layer_window,
-    packed_mask_format,
-    pad_token_id,
-)
+from .models import decoder_layers
+from .profiles import EngineSettings
+from .sweep import Capture, SweepResult, check_multipliers, store_sweep, sweep_key, sweep_pass
 
+CAPTURE_CODE = ("geometry", "sweep")  # the modules whose source keys a capture (beside the engine's own)
 DISTANCES = ("pca_residual", "knn_distance", "mahalanobis")
 PROJECTIONS = ("proj_diffmean", "proj_probe")
 MEASURES = DISTANCES + PROJECTIONS
@@ -89,73 +81,58 @@ def default_hidden_states(model: nn.Module, layer: int, above: int = 4) -> tuple
     return tuple(sorted({layer + 1, min(layer + 1 + above, n_layers), n_layers}))
 
 
-def kept_positions(length: int, per_answer: int) -> np.ndarray:
-    """Evenly spaced indices into `length` positions, at most `per_answer` of them (first and
-    last included): activations along an answer are strongly correlated, so a few spread out
-    represent it at a fraction of the memory."""
-    if per_answer < 1:
-        raise ValueError(f"tokens_per_answer must be at least 1, got {per_answer}")
-    if length < 1:
-        return np.zeros(0, dtype=int)
-    return np.unique(np.round(np.linspace(0, length - 1, min(length, per_answer))).astype(int))
-
-
-def _scored_reads(lengths: Sequence[int], pair_indices: Sequence[int], per_answer: int) -> tuple[np.ndarray, list]:
-    """Which of a batch's predictor positions to keep, and (pair, answer, position) for each.
-
-    A sequence's predictors are its last prompt token, then its answer tokens but the last; the
-    prompt token is kept once per pair (both answers read the same one)."""
-    keep, meta, offset = [], [], 0
-    for number, length in enumerate(lengths):  # sequences: A_p, A_n per pair
-        pair, answer = pair_indices[number // 2], 1 - number % 2
-        if answer == 1:
-            keep.append([offset])
-            meta.append((pair, -1, -1))
-        positions = kept_positions(length - 1, per_answer)
-        keep.append(offset + 1 + positions)
-        meta += [(pair, answer, int(p)) for p in positions]
-        offset += length
-    return np.concatenate(keep), meta
-
-
-@contextmanager
-def _recording(model: nn.Module, hidden_states: Sequence[int], store: dict[int, torch.Tensor]) -> Iterator[None]:
-    """Record the given hidden states (transformers numbering) of the next forward into `store`."""
-    layers = decoder_layers(model)
-    hooks = []
-
-    def keeper(index: int):
-        def keep(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
-            store[index] = output[0] if isinstance(output, tuple) else output
-        return keep
-
-    try:
-        for index in hidden_states:
-            module = model.get_decoder().norm if index == len(layers) else layers[index - 1]
-            hooks.append(module.register_forward_hook(keeper(index)))  # after the intervention's prepended hook
-        yield
-    finally:
-        for hook in hooks:
-            hook.remove()
-
-
 def _check_capture(model: nn.Module, pairs: Sequence[PolarityPair], intervention: Intervention | None,
-                   multipliers: Sequence[float], hidden_states: Sequence[int]) -> None:
-    n_layers = len(decoder_layers(model))
+                   multipliers: Sequence[float], hidden_states: Sequence[int]) -> list[float]:
     if not pairs:
         raise ValueError("capture needs at least one pair")
-    if len(multipliers) == 0 or not np.all(np.isfinite(np.asarray(multipliers, dtype=float))):
-        raise ValueError(f"capture needs a non-empty grid of finite multipliers, got {list(multipliers)}")
-    if len(set(float(m) for m in multipliers)) != len(multipliers):
-        raise ValueError(f"the grid repeats a multiplier: {list(multipliers)}")
-    if intervention is None and any(float(m) != 0.0 for m in multipliers):
-        raise ValueError("without an intervention only m = 0 is meaningful; pass multipliers=(0.0,)")
+    grid = check_multipliers(multipliers, intervention, what="capture")
     if intervention is not None:
         intervention.check_fits(model)
-    bad = [i for i in hidden_states if not 1 <= int(i) <= n_layers]
-    if not hidden_states or bad:
-        raise ValueError(f"hidden states must be in 1..{n_layers} (i = output of layer i-1, {n_layers} = final norm); "
-                         f"got {list(hidden_states)}")
+    if not hidden_states:
+        raise ValueError("capture needs at least one hidden state")
+    for i in hidden_states:
+        hidden_state_module(model, int(i))  # a ValueError naming the valid range
+    return grid
+
+
+def _activations(result: SweepResult, pairs: Sequence[PolarityPair], multipliers: Sequence[float],
+                 hidden_states: tuple[int, ...]) -> Activations:
+    """A sweep pass's captured hidden states, per pair: the prompt token, then A_p's, then A_n's."""
+    pair, answer, position = (np.asarray(column) for column in zip(*result.where))
+    kind = np.select([answer == -1, answer == 1], [0, 1], 2)
+    order = np.lexsort((position, kind, pair))
+    return Activations(result.hidden[:, :, order], np.asarray(multipliers, dtype=float), hidden_states,
+                       tuple(p.id for p in pairs), pair[order], answer[order], position[order])
+
+
+def _capture_pass(model: nn.Module, tokenizer: object, pairs: Sequence[PolarityPair],
+                  intervention: Intervention | None, grid: list[float], hidden_states: tuple[int, ...],
+                  options: CaptureOptions) -> tuple[pd.DataFrame, Activations]:
+    """One engine pass over the grid: the sweep table and the activations."""
+    result = sweep_pass(model, tokenizer, pairs, intervention, grid, split=options.split, loss=options.loss,
+                        max_answer_tokens=options.max_answer_tokens, settings=options.settings,
+                        capture=Capture(hidden_states, options.tokens_per_answer), progress=options.progress)
+    return result.table, _activations(result, pairs, grid, hidden_states)
+
+
+@dataclass(frozen=True)
+class CaptureOptions:
+    """How a capture reads the pairs (the sweep's `split` and `loss` label the table of the same pass)."""
+
+    tokens_per_answer: int = 8
+    max_answer_tokens: int | None = None
+    settings: EngineSettings = field(default_factory=EngineSettings)
+    split: str = "test"
+    loss: str = "sum"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tokens_per_answer, int) or self.tokens_per_answer < 1:
+            raise ValueError(f"tokens_per_answer must be a positive int, got {self.tokens_per_answer!r}")
+
+    def key_inputs(self, model: nn.Module) -> dict[str, object]:
+        return {"tokens_per_answer": self.tokens_per_answer, "max_answer_tokens": self.max_answer_tokens,
+                "settings": resolved(self.settings, model)}
 
 
 def capture_activations(
@@ -166,94 +143,34 @@ def capture_activations(
     multipliers: Sequence[float] = (0.0,),
     hidden_states: Sequence[int] = (),
     *,
-    tokens_per_answer: int = 8,
-    max_answer_tokens: int | None = None,
-    batch_size: int = 16,
     cache: bool = False,
-    progress: bool = True,
+    **options: object,
 ) -> Activations:
-    """Hidden states at each pair's last prompt token and at up to `tokens_per_answer` evenly
-    spaced answer tokens that predict a scored token (see `Activations`), at every multiplier;
-    the layers below the intervention run once per batch (as in the sweep).
+    """Hidden states at each pair's last prompt token and at up to `options.tokens_per_answer`
+    evenly spaced answer tokens that predict a scored token (see `Activations`), at every
+    multiplier, from the engine's own pass (the layers below the intervention run once per batch).
 
     With `cache`, the result is stored under a key of everything that determines it (use it for
-    small captures such as a reference cloud; a full steered grid is large)."""
+    small captures such as a reference cloud; a full steered grid is large). `options` are the
+    fields of `CaptureOptions`."""
+    options = CaptureOptions(**options)
     hidden_states = tuple(sorted(int(i) for i in hidden_states))
-    _check_capture(model, pairs, intervention, multipliers, hidden_states)
+    grid = _check_capture(model, pairs, intervention, multipliers, hidden_states)
     if not cache:
-        return _capture(model, tokenizer, pairs, intervention, multipliers, hidden_states, tokens_per_answer,
-                        max_answer_tokens, batch_size, progress)
-    key = _capture_key(model, pairs, intervention, multipliers, tokens_per_answer, max_answer_tokens, batch_size,
-                       hidden_states=hidden_states)
+        return _capture_pass(model, tokenizer, pairs, intervention, grid, hidden_states, options)[1]
+    key = artifact_key(CAPTURE_CODE, model, pairs, intervention, multipliers=grid, hidden_states=hidden_states,
+                       **options.key_inputs(model))
 
     def write(path: Path) -> None:
-        result = _capture(model, tokenizer, pairs, intervention, multipliers, hidden_states, tokens_per_answer,
-                          max_answer_tokens, batch_size, progress)
+        result = _capture_pass(model, tokenizer, pairs, intervention, grid, hidden_states, options)[1]
         with open(path, "wb") as handle:
             np.savez(handle, values=result.values, multipliers=result.multipliers,
                      hidden_states=np.asarray(result.hidden_states), pair_ids=np.asarray(result.pair_ids),
                      pair=result.pair, answer=result.answer, position=result.position)
 
-    with np.load(cached_file(cache_root() / "activations" / f"{key}.npz", write)) as stored:
+    with np.load(cached_artifact(cache_root() / "activations" / f"{key}.npz", write)) as stored:
         return Activations(stored["values"], stored["multipliers"], tuple(int(i) for i in stored["hidden_states"]),
                            tuple(str(p) for p in stored["pair_ids"]), stored["pair"], stored["answer"], stored["position"])
-
-
-def _capture_key(model: nn.Module, pairs: Sequence[PolarityPair], intervention: Intervention | None,
-                 multipliers: Sequence[float], tokens_per_answer: int, max_answer_tokens: int | None, batch_size: int,
-                 **extra: object) -> str:
-    """Everything that determines a capture (and what is computed from it: `extra`)."""
-    return stable_hash({
-        "code": source_digest("geometry", "sweep", "scoring", "interventions", "models"),
-        "model": model_fingerprint(model), "intervention": intervention_digest(intervention),
-        "pairs": [(p.id, p.question, p.positive, p.negative) for p in pairs],
-        "multipliers": [float(m) for m in multipliers], "tokens_per_answer": tokens_per_answer,
-        "max_answer_tokens": max_answer_tokens, "batch_size": batch_size, **extra,
-    }, length=24)
-
-
-def _capture(model, tokenizer, pairs, intervention, multipliers, hidden_states, tokens_per_answer,
-             max_answer_tokens, batch_size, progress) -> Activations:
-    from tqdm.auto import tqdm
-
-    encoded = encode_pairs(tokenizer, pairs, max_answer_tokens)
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    mask_format = packed_mask_format(model)
-    n_layers = len(decoder_layers(model))
-    start = intervention.layer if intervention is not None else n_layers
-    lower = [i for i in hidden_states if i <= start]  # computed before the intervention: one pass
-    upper = [i for i in hidden_states if i > start]
-    chunks, meta = [], []
-    label = f"capture ({intervention.form if intervention else 'unsteered'})"
-    with torch.no_grad():
-        for indices in tqdm(_batches(encoded, batch_size), desc=label, disable=not progress, unit="batch"):
-            batch = collate_pairs([encoded[i] for i in indices], pad_token_id(tokenizer), device,
-                                  packed=mask_format is not None, mask_format=mask_format or "bool", dtype=dtype)
-            keep, batch_meta = _scored_reads(batch.lengths, indices, tokens_per_answer)
-            meta += batch_meta
-            keep = torch.as_tensor(keep, device=device)
-            rows, cols = batch.rows[keep], batch.cols[keep]
-            chunk = np.empty((len(multipliers), len(hidden_states), len(keep), model.config.hidden_size), np.float32)
-            store: dict[int, torch.Tensor] = {}
-            with _recording(model, lower, store), layer_window(model, 0, start) as window:
-                decoder_forward(model, batch)
-            for i in lower:
-                chunk[:, hidden_states.index(i)] = store[i][rows, cols].float().cpu().numpy()
-            for k, m in enumerate(multipliers):
-                if not upper:
-                    break
-                with (layer_window(model, start, n_layers, inject=window.entering_stop), intervention.apply(model, m),
-                      _recording(model, upper, store)):
-                    decoder_forward(model, batch)
-                for i in upper:
-                    chunk[k, hidden_states.index(i)] = store[i][rows, cols].float().cpu().numpy()
-            chunks.append(chunk)
-    values = np.concatenate(chunks, axis=2)
-    pair, answer, position = (np.asarray(column) for column in zip(*meta))
-    kind = np.select([answer == -1, answer == 1], [0, 1], 2)
-    order = np.lexsort((position, kind, pair))  # per pair: the prompt token, then A_p's, then A_n's
-    return Activations(values[:, :, order], np.asarray(multipliers, dtype=float), hidden_states,
-                       tuple(p.id for p in pairs), pair[order], answer[order], position[order])
 
 
 # ----- the reference: what "on the manifold" means -------------------------------------------------------
@@ -391,28 +308,33 @@ def measure_activations(activations: Activations, references: dict[int, Manifold
 
 def steering_measures(model: nn.Module, tokenizer: object, pairs: Sequence[PolarityPair], intervention: Intervention,
                       multipliers: Sequence[float], references: dict[int, ManifoldReference], *,
-                      tokens_per_answer: int = 8, max_answer_tokens: int | None = None, batch_size: int = 16,
-                      cache: bool = True, progress: bool = True) -> pd.DataFrame:
+                      cache: bool = True, **options: object) -> pd.DataFrame:
     """Capture steered activations over a grid and measure them (`measure_activations`).
 
-    The activations themselves are dropped once measured (a steered grid is large); the table is
-    cached as parquet under a key that includes the references' fitting data."""
+    The sweep table of the same pass (split `options.split`, loss `options.loss`) is stored where
+    `run_sweep` finds it, so a chapter that needs both pays for one pass. The activations
+    themselves are dropped once measured (a steered grid is large); the measures are cached as
+    parquet under a key that includes the references' fitting data. `options` are the fields of
+    `CaptureOptions`."""
+    options = CaptureOptions(**options)
     hidden_states = tuple(sorted(references))
+    grid = _check_capture(model, pairs, intervention, multipliers, hidden_states)
+
+    def measure(path: Path | None) -> pd.DataFrame:
+        table, captured = _capture_pass(model, tokenizer, pairs, intervention, grid, hidden_states, options)
+        measured = measure_activations(captured, references)
+        if path is not None:
+            store_sweep(sweep_key(model, pairs, intervention, grid, options.split, options.loss,
+                                  options.max_answer_tokens, options.settings), table)
+            measured.to_parquet(path, index=False)
+        return measured
+
     if not cache:
-        captured = capture_activations(model, tokenizer, pairs, intervention, multipliers, hidden_states,
-                                       tokens_per_answer=tokens_per_answer, max_answer_tokens=max_answer_tokens,
-                                       batch_size=batch_size, progress=progress)
-        return measure_activations(captured, references)
-    _check_capture(model, pairs, intervention, multipliers, hidden_states)
-    key = _capture_key(model, pairs, intervention, multipliers, tokens_per_answer, max_answer_tokens, batch_size,
-                       references={str(i): r.digest for i, r in sorted(references.items())})
-
-    def write(path: Path) -> None:
-        steering_measures(model, tokenizer, pairs, intervention, multipliers, references,
-                          tokens_per_answer=tokens_per_answer, max_answer_tokens=max_answer_tokens,
-                          batch_size=batch_size, cache=False, progress=progress).to_parquet(path, index=False)
-
-    return pd.read_parquet(cached_file(cache_root() / "manifold" / f"{key}.parquet", write))
+        return measure(None)
+    key = artifact_key(CAPTURE_CODE, model, pairs, intervention, multipliers=grid, hidden_states=hidden_states,
+                       references={str(i): r.digest for i, r in sorted(references.items())},
+                       **options.key_inputs(model))
+    return pd.read_parquet(cached_artifact(cache_root() / "manifold" / f"{key}.parquet", measure))
 
 
 def per_pair(measures: pd.DataFrame) -> pd.DataFrame:

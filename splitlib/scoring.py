@@ -92,14 +92,14 @@ def reduce_nll(nll: Tensor, lengths: list[int], loss: LossKind) -> Tensor:
     return torch.stack([p.mean() if loss == "mean" else p.sum() for p in pieces])
 
 
-def pref_odds(loss_pos: np.ndarray, loss_neg: np.ndarray) -> np.ndarray:
+def pref_odds(loss_p: np.ndarray, loss_n: np.ndarray) -> np.ndarray:
     """PrefOdds = L_n - L_p (Eq. 7): log P(p_p|q)/P(p_n|q) under the factorisation."""
-    return np.asarray(loss_neg, dtype=float) - np.asarray(loss_pos, dtype=float)
+    return np.asarray(loss_n, dtype=float) - np.asarray(loss_p, dtype=float)
 
 
-def util_odds(loss_pos: np.ndarray, loss_neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def util_odds(loss_p: np.ndarray, loss_n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """UtilOdds (Eq. 8) and a mask of the pairs whose probability sum had to be clamped below 1."""
-    total = np.exp(-np.asarray(loss_pos, dtype=float)) + np.exp(-np.asarray(loss_neg, dtype=float))
+    total = np.exp(-np.asarray(loss_p, dtype=float)) + np.exp(-np.asarray(loss_n, dtype=float))
     clamped = total >= 1.0 - UTIL_CLAMP_EPS
     total = np.minimum(total, 1.0 - UTIL_CLAMP_EPS)
     with np.errstate(divide="ignore"):  # total = 0 (both losses huge) gives -inf, which is the truth

@@ -11,7 +11,6 @@ independently; see chapter 5).
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,27 +19,29 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .cache import cache_root, cached_directory, source_digest, stable_hash
+from .cache import cache_root, cached_artifact
 from .data import PolarityPair
-from .interventions import FORMS, Intervention, check_form
-from .models import decoder_layers, model_fingerprint
-from .profiles import Profile, TrainConfig
-from .scoring import EncodedPair, token_nll
-from .sweep import (
+from .engine import (
+    PairBatch,
+    artifact_key,
     collate_pairs,
     decoder_forward,
-    diffmean,
     encode_pairs,
     layer_window,
-    lm_logits,
     pad_token_id,
-    packed_mask_format,
-    run_sweep,
+    plan_batches,
+    recording,
+    scored_nll,
+    upper_pass,
 )
+from .interventions import FORMS, Intervention, check_form
+from .models import decoder_layers, down_projection
+from .profiles import EngineSettings, Profile, TrainConfig
+from .scoring import EncodedPair
+from .sweep import run_sweep
 
 METHODS = ("diffmean", "sft", "reps", "split")
 METHOD_FORMS = {"diffmean": ("vector",), "sft": FORMS, "reps": FORMS, "split": FORMS}
-TRAIN_VERSION = 1  # bump when training would produce different weights
 
 
 class TrainingError(RuntimeError):
@@ -139,39 +140,37 @@ class Trainer:
             raise ValueError("the training set is empty")
         self.device = next(self.model.parameters()).device
         self.n_layers = len(decoder_layers(self.model))
-        self.mask_format = packed_mask_format(self.model) or "bool"
         encoded = encode_pairs(self.tokenizer, self.pairs, self.max_answer_tokens)
         self.examples = self._prepare(encoded)
 
-    def _batch(self, pairs: Sequence[EncodedPair]):
-        dtype = next(self.model.parameters()).dtype
-        return collate_pairs(pairs, pad_token_id(self.tokenizer), self.device, packed=True,
-                             mask_format=self.mask_format, dtype=dtype, row_per_pair=True)
+    def _batch(self, pairs: Sequence[EncodedPair]) -> PairBatch:
+        return collate_pairs(pairs, pad_token_id(self.tokenizer), self.device, packed=True, model=self.model,
+                             row_per_pair=True)
 
     def _prepare(self, encoded: Sequence[EncodedPair]) -> list[_Example]:
         """Run layers 0..L once per example, keeping what layer L computed (and, for RePS, the
         unsteered model's log-probabilities of both answers)."""
-        from .interventions import record_layer
-
         post_norm = self._post_norm()
+        block, projection = decoder_layers(self.model)[self.layer], down_projection(self.model, self.layer)
         examples = []
         with torch.no_grad():
             for start in range(0, len(encoded), 16):
                 chunk = encoded[start : start + 16]
                 batch = self._batch(chunk)
-                with layer_window(self.model, 0, self.layer + 1), record_layer(self.model, self.layer) as seen:
+                with (recording({"layer": block, "down": projection}) as outputs,
+                      recording({"down": projection}, inputs=True) as inputs,
+                      layer_window(self.model, 0, self.layer + 1)):
                     decoder_forward(self.model, batch)
                 ref = None
                 if self.method == "reps":
-                    with layer_window(self.model, self.layer + 1, self.n_layers, inject=seen.layer_output):
-                        hidden = decoder_forward(self.model, batch)
-                    nll = token_nll(lm_logits(self.model, hidden[batch.rows, batch.cols]), batch.targets)
-                    ref = [-float(piece.sum()) for piece in torch.split(nll, batch.lengths)]
+                    final, _ = upper_pass(self.model, batch, self.layer + 1, outputs["layer"])
+                    ref = [-float(piece.sum()) for piece in torch.split(scored_nll(self.model, batch, final),
+                                                                         batch.lengths)]
                 for i, pair in enumerate(chunk):
                     n = len(pair.prompt) + len(pair.positive) + len(pair.negative)
                     logp = (ref[2 * i], ref[2 * i + 1]) if ref else (0.0, 0.0)
-                    down = seen.down_proj_output[i, :n] if post_norm is not None else None
-                    examples.append(_Example(pair, seen.layer_output[i, :n], seen.down_proj_input[i, :n], down, logp))
+                    down = outputs["down"][i, :n] if post_norm is not None else None
+                    examples.append(_Example(pair, outputs["layer"][i, :n], inputs["down"][i, :n], down, logp))
         return examples
 
     def _post_norm(self) -> nn.Module | None:
@@ -199,20 +198,18 @@ class Trainer:
         down = stack("down_output")
         return layer_output - post_norm(down) + post_norm(down + shift)
 
-    def _scores(self, intervention: Intervention, chosen: Sequence[_Example], signs: Tensor, factors: Tensor,
+    def _scores(self, intervention: Intervention, chosen: Sequence[_Example], signs: Tensor, magnitudes: Tensor,
                 dropout: float) -> tuple[_Scores, Tensor, Tensor]:
         """Losses of the winning and losing answer of each example at its own multiplier."""
         batch = self._batch([e.pair for e in chosen])
-        multipliers = (signs * factors).to(self.device).view(-1, 1, 1)
+        multipliers = (signs * magnitudes).to(self.device).view(-1, 1, 1)
         if self.reuse_lower_layers:
             steered = self._steered_layer_output(intervention, chosen, batch.input_ids.shape[1], multipliers, dropout)
-            with layer_window(self.model, self.layer + 1, self.n_layers, inject=steered):
-                hidden = decoder_forward(self.model, batch)
+            hidden, _ = upper_pass(self.model, batch, self.layer + 1, steered)
         else:
             with intervention.apply(self.model, multipliers, dropout=dropout):
                 hidden = decoder_forward(self.model, batch)
-        nll = token_nll(lm_logits(self.model, hidden[batch.rows, batch.cols]), batch.targets)
-        pieces = torch.split(nll, batch.lengths)
+        pieces = torch.split(scored_nll(self.model, batch, hidden), batch.lengths)
         means = torch.stack([p.mean() for p in pieces]).view(-1, 2)  # columns: A_p, A_n
         lengths = torch.tensor(batch.lengths, dtype=means.dtype, device=means.device).view(-1, 2)
         add = signs.to(means.device) > 0
@@ -234,15 +231,15 @@ class Trainer:
         for _ in range(self.config.epochs):
             rng.shuffle(items)
             for k in range(0, len(items), self.config.batch_size):
-                batches.append([(i, s, rng.choice(self.config.factors)) for i, s in items[k : k + self.config.batch_size]])
+                batches.append([(i, s, rng.choice(self.config.multipliers)) for i, s in items[k : k + self.config.batch_size]])
         return batches
 
     def loss(self, intervention: Intervention, batch: Sequence[tuple[int, int, float]], dropout: float | None = None) -> Tensor:
         """Mean objective over one batch of (example, sign, |m|)."""
         chosen = [self.examples[i] for i, _, _ in batch]
         signs = torch.tensor([float(s) for _, s, _ in batch])
-        factors = torch.tensor([float(m) for _, _, m in batch])
-        scores, ref_win, ref_lose = self._scores(intervention, chosen, signs, factors,
+        magnitudes = torch.tensor([float(m) for _, _, m in batch])
+        scores, ref_win, ref_lose = self._scores(intervention, chosen, signs, magnitudes,
                                                  self.config.dropout if dropout is None else dropout)
         return objective(self.method, scores, self.config, ref_win, ref_lose).mean()
 
@@ -309,13 +306,10 @@ def train_intervention(
         raise ValueError(f"{method} needs a TrainConfig (see splitlib.train.config_for)")
     provenance = {
         "method": method, "form": form, "layer": layer, "model": str(getattr(model.config, "name_or_path", "")),
-        "model_fingerprint": model_fingerprint(model), "rank": rank if form == "lora" else None, "seed": seed,
-        "config": dataclasses.asdict(config) if config is not None else None,
-        "pairs": [(p.id, p.question, p.positive, p.negative) for p in pairs], "max_answer_tokens": max_answer_tokens,
-        "version": TRAIN_VERSION,
+        "rank": rank if form == "lora" else None, "seed": seed,
+        "config": dataclasses.asdict(config) if config is not None else None, "max_answer_tokens": max_answer_tokens,
     }
-    key = stable_hash({**provenance, "code": source_digest("train", "sweep", "scoring", "interventions", "models")},
-                      length=24)
+    key = artifact_key(("train",), model, pairs, **provenance)
 
     def build(folder):
         if method == "diffmean":
@@ -336,7 +330,7 @@ def train_intervention(
             from pathlib import Path
 
             return build(Path(folder))
-    folder = cached_directory(cache_root() / "interventions" / key, build)
+    folder = cached_artifact(cache_root() / "interventions" / key, build, folder=True)
     return Intervention.load(folder).to(next(model.parameters()).device)
 
 
@@ -364,19 +358,74 @@ def evaluation_multipliers(profile: Profile, method: str, form: str, interventio
     return [m for m in grid if m >= 0]
 
 
+def evaluation_grid(profile: Profile, method: str, form: str, intervention: Intervention, unit: float,
+                    negative: bool = True) -> list[float]:
+    """`evaluation_multipliers` and, with `negative`, their mirror images m < 0, in increasing order."""
+    positive = evaluation_multipliers(profile, method, form, intervention, unit)
+    return sorted(set(positive) | ({-m for m in positive if m > 0} if negative else set()))
+
+
 def evaluation_sweeps(model: nn.Module, tokenizer: object, splits: dict[str, Sequence[PolarityPair]],
                       trained: dict[tuple[str, str], Intervention], profile: Profile, unit: float, *,
                       negative: bool = True, progress: bool = True) -> pd.DataFrame:
-    """Every trained update swept on every split over its evaluation grid (m >= 0) and, with
-    `negative`, over the mirrored m < 0, with summed losses; one table with method and form
-    columns. Each sweep is cached, so chapters that ask for the same ones share them."""
+    """Every trained update swept on every split over its `evaluation_grid`, with summed losses;
+    one table with method and form columns. Each sweep is cached, so chapters that ask for the
+    same ones share them."""
     tables = []
     for (method, form), intervention in trained.items():
-        positive = evaluation_multipliers(profile, method, form, intervention, unit)
-        grids = (positive, [-m for m in positive if m > 0]) if negative else (positive,)
+        grid = evaluation_grid(profile, method, form, intervention, unit, negative)
         for split, pairs in splits.items():
-            for grid in grids:
-                table = run_sweep(model, tokenizer, pairs, intervention, grid, split=split, loss="sum",
-                                  batch_size=profile.batch_size, progress=progress)
-                tables.append(table.assign(method=method, form=form))
+            table = run_sweep(model, tokenizer, pairs, intervention, grid, split=split, loss="sum",
+                              max_answer_tokens=profile.max_answer_tokens, settings=profile.engine,
+                              progress=progress)
+            tables.append(table.assign(method=method, form=form))
     return pd.concat(tables, ignore_index=True)
+
+
+# ----- DiffMean and the residual-norm unit --------------------------------------------------------------
+def completion_activations(model: nn.Module, tokenizer: object, pairs: Sequence[PolarityPair], layer: int,
+                           max_answer_tokens: int | None = None,
+                           settings: EngineSettings | None = None) -> tuple[Tensor, Tensor]:
+    """Layer-L outputs at the completion tokens of every answer, unsteered.
+
+    Returns (per-answer means, shape (2 * n_pairs, d), rows A_p, A_n per pair; and the norm of
+    every completion token's activation)."""
+    if not pairs:
+        raise ValueError("needs at least one pair")
+    encoded = encode_pairs(tokenizer, pairs, max_answer_tokens)
+    device = next(model.parameters()).device
+    block = decoder_layers(model)[layer]
+    means = torch.empty(2 * len(encoded), model.config.hidden_size, dtype=torch.float64)
+    norms = []
+    with torch.no_grad():
+        for indices in plan_batches(encoded, settings or EngineSettings()):
+            batch = collate_pairs([encoded[i] for i in indices], pad_token_id(tokenizer), device, packed=False)
+            with recording({"out": block}) as seen, layer_window(model, 0, layer + 1):
+                decoder_forward(model, batch)
+            selected = seen["out"][batch.rows, batch.own_cols].double()  # the completion tokens themselves
+            norms.append(selected.norm(dim=-1).cpu())
+            rows = [j for i in indices for j in (2 * i, 2 * i + 1)]
+            for row, chunk in zip(rows, torch.split(selected, batch.lengths)):
+                means[row] = chunk.mean(dim=0).cpu()
+    return means, torch.cat(norms)
+
+
+def diffmean(model: nn.Module, tokenizer: object, pairs: Sequence[PolarityPair], layer: int,
+             max_answer_tokens: int | None = None) -> Intervention:
+    """DiffMean: the mean over pairs of [mean layer-L output over A_p's completion tokens] minus the
+    same for A_n, as a vector-form intervention at `layer`. (The last prompt token is shared by
+    both answers, so a difference taken there would be zero.)"""
+    from .models import check_layer
+
+    check_layer(model, layer)
+    means, _ = completion_activations(model, tokenizer, pairs, layer, max_answer_tokens)
+    direction = (means[0::2] - means[1::2]).mean(dim=0).float()
+    return Intervention("vector", layer, delta_b=direction).requires_grad_(False)
+
+
+def residual_norm(model: nn.Module, tokenizer: object, pairs: Sequence[PolarityPair], layer: int,
+                  max_answer_tokens: int | None = None) -> float:
+    """The median norm of layer L's output over completion tokens: the natural unit for how far a
+    vector moves the residual stream."""
+    _, norms = completion_activations(model, tokenizer, pairs, layer, max_answer_tokens)
+    return float(norms.median())

@@ -5,9 +5,10 @@ import multiprocessing
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from splitlib.cache import atomic_directory, cached_directory, stable_hash
+from splitlib.cache import ResumableBatches, cached_artifact, stable_hash
 
 
 def test_stable_hash_ignores_key_order_and_sees_values():
@@ -17,12 +18,33 @@ def test_stable_hash_ignores_key_order_and_sees_values():
 
 def test_a_failed_build_leaves_nothing(tmp_path):
     final = tmp_path / "artifact"
+
+    def killed(tmp: Path) -> None:
+        (tmp / "half.bin").write_bytes(b"12")
+        raise RuntimeError("killed")
+
     with pytest.raises(RuntimeError, match="killed"):
-        with atomic_directory(final) as tmp:
-            (tmp / "half.bin").write_bytes(b"12")
-            raise RuntimeError("killed")
+        cached_artifact(final, killed, folder=True)
     assert not final.exists()
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".artifact.lock"]
+
+
+def test_a_build_that_writes_nothing_is_an_error(tmp_path):
+    with pytest.raises(RuntimeError, match="wrote nothing"):
+        cached_artifact(tmp_path / "key.bin", lambda tmp: None)
+    assert not (tmp_path / "key.bin").exists()
+
+
+def test_resumable_batches_keep_finished_batches_until_done(tmp_path):
+    folder = tmp_path / "key.partial"
+    with pytest.raises(KeyboardInterrupt):
+        with ResumableBatches(folder) as batches:
+            batches.save(0, np.arange(3.0))
+            raise KeyboardInterrupt
+    with ResumableBatches(folder) as batches:
+        np.testing.assert_array_equal(batches.load(0), np.arange(3.0))
+        assert batches.load(1) is None
+    assert not folder.exists()
 
 
 def test_cached_directory_builds_once(tmp_path):
@@ -32,8 +54,8 @@ def test_cached_directory_builds_once(tmp_path):
         calls.append(folder)
         (folder / "value.txt").write_text("42")
 
-    first = cached_directory(tmp_path / "x", build)
-    second = cached_directory(tmp_path / "x", build)
+    first = cached_artifact(tmp_path / "x", build, folder=True)
+    second = cached_artifact(tmp_path / "x", build, folder=True)
     assert first == second and (first / "value.txt").read_text() == "42"
     assert len(calls) == 1
 
@@ -41,8 +63,9 @@ def test_cached_directory_builds_once(tmp_path):
 def test_a_leftover_temporary_folder_is_never_picked_up(tmp_path):
     (tmp_path / ".tmp-x-deadbeef").mkdir()  # what a killed run leaves behind
     (tmp_path / ".tmp-x-deadbeef" / "value.txt").write_text("half")
-    result = cached_directory(tmp_path / "x", lambda folder: (folder / "value.txt").write_text("whole"))
+    result = cached_artifact(tmp_path / "x", lambda folder: (folder / "value.txt").write_text("whole"), folder=True)
     assert (result / "value.txt").read_text() == "whole"
+    assert not (tmp_path / ".tmp-x-deadbeef").exists(), "a killed run's leftovers are removed"
 
 
 def _slow_build(final: str, log: str) -> None:
@@ -52,7 +75,7 @@ def _slow_build(final: str, log: str) -> None:
         time.sleep(0.5)
         (folder / "value.txt").write_text("done")
 
-    cached_directory(final, build)
+    cached_artifact(final, build, folder=True)
 
 
 def test_concurrent_builders_build_once(tmp_path):
@@ -69,8 +92,6 @@ def test_concurrent_builders_build_once(tmp_path):
 
 
 def test_a_cached_file_appears_only_when_written_whole(tmp_path):
-    from splitlib.cache import cached_file
-
     target = tmp_path / "kind" / "key.bin"
 
     def fail(path):
@@ -78,9 +99,9 @@ def test_a_cached_file_appears_only_when_written_whole(tmp_path):
         raise RuntimeError("killed while writing")
 
     with pytest.raises(RuntimeError, match="killed"):
-        cached_file(target, fail)
+        cached_artifact(target, fail)
     assert not target.exists() and [p.name for p in target.parent.iterdir()] == [".key.bin.lock"]
     calls = []
-    assert cached_file(target, lambda path: calls.append(path.write_bytes(b"whole"))).read_bytes() == b"whole"
-    assert cached_file(target, lambda path: calls.append("again")).read_bytes() == b"whole"
+    assert cached_artifact(target, lambda path: calls.append(path.write_bytes(b"whole"))).read_bytes() == b"whole"
+    assert cached_artifact(target, lambda path: calls.append("again")).read_bytes() == b"whole"
     assert len(calls) == 1

@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from splitlib import FORMS, Intervention
-from splitlib import geometry
-from splitlib.fit import fit_tanh, fit_utility
-from splitlib.sweep import encode_pairs
-
 from conftest import tiny_model
+
+from splitlib import FORMS, Intervention, geometry
+from splitlib import sweep as sweep_module
+from splitlib.engine import encode_pairs, kept_positions
+from splitlib.fit import fit_tanh, fit_utility
+from splitlib.sweep import run_sweep
 
 LAYER = 2
 
@@ -220,9 +220,9 @@ def test_capture_keeps_a_few_tokens_per_answer_and_is_deterministic(tokenizer, p
     assert first.values.shape == (2, 2, expected, 32)
     assert len(encoded[0].positive) == len(encoded[0].negative) == 3  # "Yes" / "No", then the end of turn
     assert list(first.answer[:5]) == [-1, 1, 1, 0, 0] and list(first.position[:5]) == [-1, 0, 1, 0, 1]
-    assert list(geometry.kept_positions(10, 4)) == [0, 3, 6, 9]
-    assert list(geometry.kept_positions(2, 8)) == [0, 1]
-    assert list(geometry.kept_positions(0, 8)) == []
+    assert list(kept_positions(10, 4)) == [0, 3, 6, 9]
+    assert list(kept_positions(2, 8)) == [0, 1]
+    assert list(kept_positions(0, 8)) == []
 
 
 def test_unsteered_capture_equals_m_zero(tokenizer, pairs):
@@ -237,7 +237,7 @@ def test_bad_capture_input(tokenizer, pairs):
     model = tiny_model("llama", vocab_size=49152)
     intervention = Intervention.random(model, "vector", LAYER, seed=2)
     capture = lambda *args, **kwargs: geometry.capture_activations(model, tokenizer, *args, progress=False, **kwargs)  # noqa: E731
-    with pytest.raises(ValueError, match="hidden states must be in 1..4"):
+    with pytest.raises(ValueError, match="hidden state 0 is out of range.*1..4"):
         capture(pairs, intervention, [0.0], (0, 2))
     with pytest.raises(ValueError, match="only m = 0"):
         capture(pairs, None, [0.0, 1.0], (2,))
@@ -245,7 +245,7 @@ def test_bad_capture_input(tokenizer, pairs):
         capture(pairs, intervention, [0.0, 1.0, 1.0], (2,))
     with pytest.raises(ValueError, match="at least one pair"):
         capture([], intervention, [0.0], (2,))
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="tokens_per_answer must be a positive int"):
         capture(pairs, intervention, [0.0], (2,), tokens_per_answer=0)
     wide = Intervention("vector", LAYER, delta_b=torch.ones(64))
     with pytest.raises(ValueError, match="does not fit"):
@@ -265,9 +265,16 @@ def test_captures_and_measures_are_cached_without_going_stale(cache_dir, tokeniz
     cached = geometry.steering_measures(model, tokenizer, pairs, intervention, grid, references, progress=False)
     fresh = geometry.steering_measures(model, tokenizer, pairs, intervention, grid, references, cache=False, progress=False)
     pd.testing.assert_frame_equal(cached, fresh)
-    monkeypatch.setattr(geometry, "_capture", lambda *a, **k: pytest.fail("recomputed a cached result"))
+    monkeypatch.setattr(geometry, "_capture_pass", lambda *a, **k: pytest.fail("recomputed a cached result"))
     pd.testing.assert_frame_equal(
         geometry.steering_measures(model, tokenizer, pairs, intervention, grid, references, progress=False), cached)
+    # the sweep of the same pass is stored where run_sweep finds it, equal to a sweep of its own
+    monkeypatch.setattr(sweep_module, "sweep_pass", lambda *a, **k: pytest.fail("the measures' sweep was not stored"))
+    stored = run_sweep(model, tokenizer, pairs, intervention, grid, loss="sum", progress=False)
+    monkeypatch.undo()
+    own = run_sweep(model, tokenizer, pairs, intervention, grid, loss="sum", cache=False, progress=False)
+    pd.testing.assert_frame_equal(stored, own, check_exact=False, rtol=0, atol=1e-5)
+    monkeypatch.setattr(geometry, "_capture_pass", lambda *a, **k: pytest.fail("recomputed a cached result"))
     other = geometry.fit_references(cloud, n_neighbours=2, variance=2)  # another reference: not served the old table
     with pytest.raises(pytest.fail.Exception):
         geometry.steering_measures(model, tokenizer, pairs, intervention, grid, other, progress=False)

@@ -5,18 +5,16 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import tiny_model
 
 from splitlib import FORMS, Intervention
 from splitlib import train as train_module
 from splitlib.data import PolarityPair
 from splitlib.profiles import TrainConfig
-from splitlib.sweep import run_sweep
 from splitlib.train import Trainer, TrainingError, _Scores, config_for, objective, train_intervention
 
-from conftest import tiny_model
-
 LAYER = 2
-CONFIG = TrainConfig(epochs=1, batch_size=3, grad_accum=1, lr=0.05, factors=(0.5, 1.0, 2.0),
+CONFIG = TrainConfig(epochs=1, batch_size=3, grad_accum=1, lr=0.05, multipliers=(0.5, 1.0, 2.0),
                      pair_types=("add", "sub"), lambda_p=1.0, lambda_n=0.5, gamma=5.0, theta=0.4, dropout=0.0)
 PAIRS = [
     PolarityPair("a", "Do you like the sea?", "Yes, I love the ocean waves.", "No.", "t"),

@@ -1,0 +1,487 @@
+"""The one place that runs a model in two parts: the forward engine of sweeps, training and capture.
+
+Layers below the intervention layer L do not depend on m nor on the update, so a batch runs them
+once (the *lower pass*) and keeps the hidden state entering layer L. The layers from L on (the
+*upper pass*) then run for many multipliers in one forward: the batch's rows are repeated once per
+multiplier and each repetition carries its own m. Pairs are packed into rows as prefix-sharing
+trees (`collate_pairs`), logits are computed only where a token is scored, and hidden states are
+captured at requested depths in the same pass. Batches are sized by a token budget, not a count.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .attention import packed_attention_mask
+from .cache import source_digest, stable_hash
+from .data import PolarityPair
+from .interventions import Intervention
+from .models import decoder_layers, model_fingerprint
+from .profiles import EngineSettings
+from .scoring import EncodedPair, encode_pair, token_nll
+
+# Tokens per upper-pass forward (rows x width x multipliers) on a CPU; a GPU sizes it from free memory.
+CPU_TOKEN_BUDGET = 8192
+
+
+# ----- settings ----------------------------------------------------------------------------------------
+def resolved(settings: EngineSettings, model: nn.Module) -> EngineSettings:
+    """`settings` with the token budget fixed for `model`'s device."""
+    if settings.token_budget is not None:
+        return settings
+    return replace(settings, token_budget=device_token_budget(model, settings.row_tokens))
+
+
+def device_token_budget(model: nn.Module, row_tokens: int = 2048) -> int:
+    """A token budget for one upper-pass forward: a small fixed one on a CPU; on a GPU, what a
+    quarter of the free memory holds (a few layers' activations in flight, and float32 attention
+    scores over rows of up to `row_tokens`)."""
+    parameter = next(model.parameters())
+    if parameter.device.type != "cuda":
+        return CPU_TOKEN_BUDGET
+    free, _ = torch.cuda.mem_get_info(parameter.device)
+    config = model.config
+    per_token = ((config.hidden_size * 6 + config.intermediate_size * 3) * parameter.element_size()
+                 + config.num_attention_heads * row_tokens * 4 * 2)
+    return int(max(4096, min(1 << 17, free // 4 // per_token)))
+
+
+# ----- encoding and batches ----------------------------------------------------------------------------
+def encode_pairs(tokenizer: object, pairs: Sequence[PolarityPair], max_answer_tokens: int | None = None) -> list[EncodedPair]:
+    """Token ids of each pair's prompt and its two completions (see `scoring.encode_pair`)."""
+    return [encode_pair(tokenizer, p.question, p.positive, p.negative, max_answer_tokens) for p in pairs]
+
+
+def pad_token_id(tokenizer: object) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+@dataclass
+class PairBatch:
+    """Rows of tokens and where each scored token sits (sequences ordered A_p, A_n per pair)."""
+
+    input_ids: Tensor
+    attention_mask: object  # a 2-D padding mask, or what the attention implementation takes for packed rows
+    position_ids: Tensor
+    rows: Tensor  # row of each scored token
+    cols: Tensor  # position whose logits predict that token
+    targets: Tensor
+    lengths: list[int]  # scored tokens per sequence
+    own_cols: Tensor  # position of each scored token itself
+    real: Tensor  # (rows, width) bool: a real token, not padding
+    allowed: Tensor | None = None  # packed rows: the (rows, 1, width, width) permission matrix
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def n_tokens(self) -> int:
+        """Real (non-padding) tokens in the batch."""
+        return int(self.real.sum())
+
+    def repeated(self, times: int, model: nn.Module) -> PairBatch:
+        """The batch's rows `times` over (one copy per multiplier); scored rows follow the copies."""
+        if times == 1:
+            return self
+        offsets = torch.arange(times, device=self.rows.device).repeat_interleave(len(self.rows)) * self.n_rows
+        if self.allowed is not None:
+            allowed = self.allowed.repeat(times, 1, 1, 1)
+            mask = packed_attention_mask(model, allowed, next(model.parameters()).dtype)
+        else:
+            allowed, mask = None, self.attention_mask.repeat(times, 1)
+        return PairBatch(self.input_ids.repeat(times, 1), mask, self.position_ids.repeat(times, 1),
+                         self.rows.repeat(times) + offsets, self.cols.repeat(times), self.targets.repeat(times),
+                         self.lengths * times, self.own_cols.repeat(times), self.real.repeat(times, 1), allowed)
+
+
+def collate_pairs(encoded: Sequence[EncodedPair], pad_id: int, device: torch.device | str, packed: bool,
+                  model: nn.Module | None = None, row_per_pair: bool = False) -> PairBatch:
+    """The sequences of a batch of pairs as padded rows, with where each scored token sits.
+
+    Separate (`packed=False`): two rows per pair, prompt + A_p and prompt + A_n, right-padded.
+    Packed: all pairs of the batch in one row laid out as a tree: the prompts' common prefix, then
+    per pair the rest of its prompt, A_p and A_n. A 4-D mask lets each token see only its own
+    branch (A_n never sees A_p, pair i never sees pair j) and positions restart where each branch
+    starts, so every answer is scored exactly as if it were alone, while the shared prefix and each
+    prompt are computed once. `row_per_pair` packs each pair in a row of its own (training draws
+    one m per pair, applied per row). Packed rows need `model` (its attention implementation
+    decides the mask's form).
+    """
+    if not packed:
+        rows = [_tree_row([pair], only=side) for pair in encoded for side in (0, 1)]
+    else:
+        if model is None:
+            raise ValueError("packed rows need the model: its attention implementation decides the mask's form")
+        rows = [_tree_row([pair]) for pair in encoded] if row_per_pair else [_tree_row(encoded)]
+    width = max(len(row.tokens) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    real = torch.zeros((len(rows), width), dtype=torch.bool)
+    scored_rows, cols, own, targets, lengths = [], [], [], [], []
+    for r, row in enumerate(rows):
+        n = len(row.tokens)
+        ids[r, :n] = torch.tensor(row.tokens)
+        positions[r, :n] = torch.tensor(row.positions)
+        real[r, :n] = True
+        for first, count, predictor in row.answers:
+            scored_rows += [r] * count
+            cols += [predictor] + list(range(first, first + count - 1))
+            own += list(range(first, first + count))
+            targets += list(row.tokens[first : first + count])
+            lengths.append(count)
+    allowed = _tree_allowed(rows, width).to(device) if packed else None
+    if allowed is not None:
+        attention = packed_attention_mask(model, allowed, next(model.parameters()).dtype)
+    else:
+        attention = real.long().to(device)
+    to = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
+    return PairBatch(ids.to(device), attention, positions.to(device), to(scored_rows), to(cols), to(targets),
+                     lengths, to(own), real.to(device), allowed)
+
+
+@dataclass
+class _Row:
+    tokens: list[int]
+    positions: list[int]
+    segment: list[int]  # segment id of each token
+    parent: list[int]  # parent segment of each segment (-1 for the root)
+    answers: list[tuple[int, int, int]]  # (first token index, count, index of the token predicting the first)
+
+
+def _tree_row(pairs: Sequence[EncodedPair], only: int | None = None) -> _Row:
+    """One row: common prompt prefix, then per pair its prompt rest, A_p and A_n (or only one answer)."""
+    prefix = _common_prefix([p.prompt for p in pairs])
+    row = _Row(list(prefix), list(range(len(prefix))), [0] * len(prefix), [-1], [])
+    for pair in pairs:
+        rest = pair.prompt[len(prefix) :]
+        branch = 0
+        if rest:
+            branch = _add_segment(row, rest, parent=0, start_position=len(prefix))
+        answers = (pair.positive, pair.negative) if only is None else ((pair.positive, pair.negative)[only],)
+        predictor = _last_token_of(row, branch)
+        for answer in answers:
+            first = len(row.tokens)
+            _add_segment(row, answer, parent=branch, start_position=len(pair.prompt))
+            row.answers.append((first, len(answer), predictor))
+    return row
+
+
+def _add_segment(row: _Row, tokens: Sequence[int], parent: int, start_position: int) -> int:
+    segment = len(row.parent)
+    row.parent.append(parent)
+    row.tokens += tokens
+    row.positions += range(start_position, start_position + len(tokens))
+    row.segment += [segment] * len(tokens)
+    return segment
+
+
+def _last_token_of(row: _Row, segment: int) -> int:
+    while True:
+        indices = [i for i, s in enumerate(row.segment) if s == segment]
+        if indices:
+            return indices[-1]
+        segment = row.parent[segment]
+
+
+def _common_prefix(sequences: Sequence[Sequence[int]]) -> tuple[int, ...]:
+    """The longest common prefix, kept one token short of the shortest prompt so every pair keeps
+    at least its last prompt token in its own branch (which predicts the answers)."""
+    shortest = min(len(s) for s in sequences)
+    n = 0
+    while n < shortest - 1 and all(s[n] == sequences[0][n] for s in sequences):
+        n += 1
+    return tuple(sequences[0][:n])
+
+
+def _tree_allowed(rows: Sequence[_Row], width: int) -> Tensor:
+    """(rows, 1, width, width) bool: token q may attend to token k if k's segment is q's own (and
+    k <= q) or an ancestor of q's. Padding sees only itself, so no softmax row is all masked."""
+    allowed = torch.zeros(len(rows), width, width, dtype=torch.bool)
+    for r, row in enumerate(rows):
+        n_segments = len(row.parent)
+        ancestor = torch.eye(n_segments, dtype=torch.bool)  # ancestor[a, b]: b is a or an ancestor of a
+        for a in range(n_segments):
+            b = row.parent[a]
+            while b >= 0:
+                ancestor[a, b] = True
+                b = row.parent[b]
+        segment = torch.tensor(row.segment)
+        n = len(row.tokens)
+        allowed[r, :n, :n] = ancestor[segment[:, None], segment[None, :]] & torch.ones(n, n, dtype=torch.bool).tril()
+    allowed |= torch.eye(width, dtype=torch.bool)
+    return allowed[:, None]
+
+
+def plan_batches(encoded: Sequence[EncodedPair], settings: EngineSettings) -> list[list[int]]:
+    """Pair indices per packed row; prompts sorted so that a row shares a long common prefix, and a
+    row kept under `settings.row_tokens` tokens and `settings.pairs_per_row` pairs."""
+    order = sorted(range(len(encoded)), key=lambda i: (encoded[i].prompt, i))
+    batches: list[list[int]] = []
+    tokens = 0
+    for i in order:
+        size = len(encoded[i].prompt) + len(encoded[i].positive) + len(encoded[i].negative)
+        if not batches or len(batches[-1]) >= settings.pairs_per_row or tokens + size > settings.row_tokens:
+            batches.append([])
+            tokens = 0
+        batches[-1].append(i)
+        tokens += size
+    return batches
+
+
+def kept_positions(length: int, per_answer: int) -> np.ndarray:
+    """Evenly spaced indices into `length` positions, at most `per_answer` of them (first and
+    last included): activations along an answer are strongly correlated, so a few spread out
+    represent it at a fraction of the memory."""
+    if per_answer < 1:
+        raise ValueError(f"tokens_per_answer must be at least 1, got {per_answer}")
+    if length < 1:
+        return np.zeros(0, dtype=int)
+    return np.unique(np.round(np.linspace(0, length - 1, min(length, per_answer))).astype(int))
+
+
+def scored_reads(lengths: Sequence[int], pair_indices: Sequence[int], per_answer: int) -> tuple[np.ndarray, list]:
+    """Which of a batch's predictor positions (indices into its scored tokens) to keep for a
+    capture, and (pair, answer, position) for each: per pair its last prompt token once (both
+    answers read it; answer -1), then up to `per_answer` evenly spaced answer tokens that predict
+    the next answer token (answer 1 for A_p, 0 for A_n)."""
+    keep, meta, offset = [], [], 0
+    for number, length in enumerate(lengths):  # sequences: A_p, A_n per pair
+        pair, answer = pair_indices[number // 2], 1 - number % 2
+        if answer == 1:
+            keep.append([offset])
+            meta.append((pair, -1, -1))
+        positions = kept_positions(length - 1, per_answer)
+        keep.append(offset + 1 + positions)
+        meta += [(pair, answer, int(p)) for p in positions]
+        offset += length
+    return np.concatenate(keep), meta
+
+
+# ----- running part of the layer stack -----------------------------------------------------------------
+class _PassThrough(nn.Module):
+    """Stands in for a decoder layer that must not compute: returns its input hidden state."""
+
+    def __init__(self, original: nn.Module) -> None:
+        super().__init__()
+        self.attention_type = getattr(original, "attention_type", None)  # read by some model loops
+
+    def forward(self, hidden_states: Tensor, *_args: object, **_kwargs: object) -> Tensor:
+        return hidden_states
+
+
+@dataclass
+class _Window:
+    entering_stop: Tensor | None = None  # the hidden state entering layer `stop`
+
+
+@contextmanager
+def layer_window(model: nn.Module, start: int, stop: int, inject: Tensor | None = None) -> Iterator[_Window]:
+    """Within the block only decoder layers start..stop-1 compute; the others pass their input on.
+
+    `inject` replaces the hidden state entering layer `start`; the hidden state entering layer
+    `stop` (if stop < n_layers) is captured. Embeddings, masks and positions are the model's own.
+    """
+    layers = decoder_layers(model)
+    originals = list(layers)
+    window = _Window()
+
+    def replace_input(_module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+        return (inject.to(args[0].dtype),) + args[1:], kwargs
+
+    def capture(_module: nn.Module, args: tuple, _kwargs: dict) -> None:
+        window.entering_stop = args[0]
+
+    hooks = []
+    try:
+        for index, layer in enumerate(originals):
+            if not start <= index < stop:
+                layers[index] = _PassThrough(layer)
+        if inject is not None:  # past the last layer, the final norm is what receives the hidden state
+            target = layers[start] if start < len(layers) else model.get_decoder().norm
+            hooks.append(target.register_forward_pre_hook(replace_input, with_kwargs=True))
+        if stop < len(layers):
+            hooks.append(layers[stop].register_forward_pre_hook(capture, with_kwargs=True))
+        yield window
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for index, layer in enumerate(originals):
+            layers[index] = layer
+
+
+def hidden_state_module(model: nn.Module, index: int) -> nn.Module:
+    """The module whose output is hidden state `index` in transformers' numbering: decoder layer
+    index - 1, or the final norm for index = n_layers."""
+    layers = decoder_layers(model)
+    if not 1 <= index <= len(layers):
+        raise ValueError(f"hidden state {index} is out of range: {type(model).__name__} has hidden states "
+                         f"1..{len(layers)} (i = output of layer i-1, {len(layers)} = final norm)")
+    return model.get_decoder().norm if index == len(layers) else layers[index - 1]
+
+
+@contextmanager
+def recording(modules: Mapping[object, nn.Module], inputs: bool = False) -> Iterator[dict[object, Tensor]]:
+    """Record what each module outputs (or, with `inputs`, its first input) during the next forwards,
+    keyed as `modules`: the one activation recorder of splitlib. Hooks are appended, so an applied
+    intervention's (prepended) hooks have already acted on what is recorded."""
+    store: dict[object, Tensor] = {}
+
+    def keeper(key: object):
+        def keep_output(_module: nn.Module, _args: tuple, output: Tensor | tuple) -> None:
+            store[key] = output[0] if isinstance(output, tuple) else output
+
+        def keep_input(_module: nn.Module, args: tuple) -> None:
+            store[key] = args[0]
+
+        return keep_input if inputs else keep_output
+
+    hooks = []
+    try:
+        for key, module in modules.items():
+            hook = keeper(key)
+            hooks.append(module.register_forward_pre_hook(hook) if inputs else module.register_forward_hook(hook))
+        yield store
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def decoder_forward(model: nn.Module, batch: PairBatch) -> Tensor:
+    """The decoder's final hidden states (after its final norm) for a batch."""
+    return model.get_decoder()(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+    ).last_hidden_state
+
+
+def lm_logits(model: nn.Module, hidden: Tensor) -> Tensor:
+    """The LM head on selected final hidden states (with Gemma-2's final soft-capping)."""
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def scored_nll(model: nn.Module, batch: PairBatch, final_hidden: Tensor) -> Tensor:
+    """NLL of every scored token of a batch from its final hidden states (logits only there)."""
+    return token_nll(lm_logits(model, final_hidden[batch.rows, batch.cols]), batch.targets)
+
+
+@dataclass
+class LowerPass:
+    """What the layers below a split point computed for a batch, independent of any update."""
+
+    entering: Tensor | None  # the hidden state entering the split layer (None: the split is past the end)
+    final: Tensor | None  # final hidden states, when the split is past the last layer
+    hidden: dict[int, Tensor]  # requested hidden states computed below the split
+
+
+def lower_pass(model: nn.Module, batch: PairBatch, split: int, hidden_states: Sequence[int] = ()) -> LowerPass:
+    """Run layers 0..split-1 once; keep the state entering layer `split` and the requested hidden
+    states (transformers numbering) that lie below it."""
+    n_layers = len(decoder_layers(model))
+    modules = {i: hidden_state_module(model, i) for i in hidden_states}
+    with recording(modules) as seen, layer_window(model, 0, split) as window:
+        final = decoder_forward(model, batch)
+    return LowerPass(window.entering_stop if split < n_layers else None, final if split >= n_layers else None,
+                     dict(seen))
+
+
+def upper_pass(model: nn.Module, batch: PairBatch, split: int, entering: Tensor,
+               hidden_states: Sequence[int] = ()) -> tuple[Tensor, dict[int, Tensor]]:
+    """Run layers split..end from `entering` (the state entering layer `split`); return the final
+    hidden states and the requested hidden states above the split."""
+    n_layers = len(decoder_layers(model))
+    modules = {i: hidden_state_module(model, i) for i in hidden_states}
+    with layer_window(model, split, n_layers, inject=entering), recording(modules) as seen:
+        final = decoder_forward(model, batch)
+    return final, dict(seen)
+
+
+@dataclass
+class BatchResult:
+    """A batch at every multiplier: scored-token NLLs and hidden states at chosen positions."""
+
+    nll: Tensor  # (n_multipliers, n_scored_tokens)
+    hidden: dict[int, Tensor]  # hidden state -> (n_multipliers, n_kept, width), float32 on the CPU
+
+
+def steered_batch(model: nn.Module, batch: PairBatch, intervention: Intervention | None, multipliers: Sequence[float],
+                  settings: EngineSettings, hidden_states: Sequence[int] = (), keep: Tensor | None = None) -> BatchResult:
+    """Score a batch at every multiplier: the layers below the intervention once, the layers above
+    once per group of multipliers that fits the token budget (rows repeated, one m per copy).
+
+    `hidden_states` (transformers numbering) are captured at the scored-token predictors indexed
+    by `keep` (into batch.rows/cols; all of them when None) in the same pass."""
+    n_layers = len(decoder_layers(model))
+    split = intervention.layer if intervention is not None else n_layers
+    keep = torch.arange(len(batch.rows), device=batch.rows.device) if keep is None else keep
+    rows, cols = batch.rows[keep], batch.cols[keep]
+    below = [i for i in hidden_states if i <= split]
+    above = [i for i in hidden_states if i > split]
+    k = len(multipliers)
+    hidden: dict[int, Tensor] = {}
+    with torch.no_grad():
+        lower = lower_pass(model, batch, split, below)
+        for i in below:
+            hidden[i] = lower.hidden[i][rows, cols].float().cpu().expand(k, -1, -1)
+        if intervention is None:
+            return BatchResult(scored_nll(model, batch, lower.final).expand(k, -1), hidden)
+        per_forward = max(1, settings.token_budget // max(1, batch.n_rows * batch.input_ids.shape[1]))
+        nll, captured = [], {i: [] for i in above}
+        for start in range(0, k, per_forward):
+            group = [float(m) for m in multipliers[start : start + per_forward]]
+            copies = batch.repeated(len(group), model)
+            m = torch.tensor(group, device=batch.input_ids.device).repeat_interleave(batch.n_rows).view(-1, 1, 1)
+            entering = lower.entering.repeat(len(group), 1, 1)
+            with intervention.apply(model, m):
+                final, seen = upper_pass(model, copies, split, entering, above)
+            nll.append(scored_nll(model, copies, final).view(len(group), -1))
+            for i in above:
+                per_copy = seen[i].view(len(group), batch.n_rows, *seen[i].shape[1:])
+                captured[i].append(per_copy[:, rows, cols].float().cpu())
+        hidden.update({i: torch.cat(parts) for i, parts in captured.items()})
+        return BatchResult(torch.cat(nll), hidden)
+
+
+# ----- keys ------------------------------------------------------------------------------------------------
+def intervention_digest(intervention: Intervention | None) -> str:
+    """A hash of an intervention's form, layer and exact parameter values."""
+    if intervention is None:
+        return "none"
+    import hashlib
+
+    digest = hashlib.sha256(f"{intervention.form}:{intervention.layer}".encode())
+    for name, tensor in sorted(intervention.state_dict().items()):
+        digest.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def artifact_key(code: Sequence[str], model: nn.Module, pairs: Sequence[PolarityPair],
+                 intervention: Intervention | None = None, /, **inputs: object) -> str:
+    """The one way to key an artifact: the source of the modules that compute it, the model's
+    weights, its dtype and device type, the pairs, the intervention and every other input."""
+    parameter = next(model.parameters())
+    return stable_hash({
+        "code": source_digest(*sorted(set(code) | {"engine", "attention", "scoring", "interventions", "models"})),
+        "model": model_fingerprint(model),
+        "dtype": str(parameter.dtype), "device": parameter.device.type,
+        "attention": getattr(model.config, "_attn_implementation", None),
+        "intervention": intervention_digest(intervention),
+        "pairs": [(p.id, p.question, p.positive, p.negative) for p in pairs],
+        **{name: _plain(value) for name, value in inputs.items()},
+    }, length=24)
+
+
+def _plain(value: object) -> object:
+    """Multiplier grids and settings as JSON-ready values."""
+    if isinstance(value, EngineSettings):
+        return vars(value)
+    if isinstance(value, np.ndarray | tuple | list):
+        return [float(v) if isinstance(v, float | np.floating | int) and not isinstance(v, bool) else _plain(v)
+                for v in value]
+    return value
