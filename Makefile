@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine with only the package registry:
 #   make book   set up .venv, execute the chapters that changed, build the HTML into _build/html
-#   make test   set up .venv, run the test suite and every chapter (nbmake), build the HTML with -W
+#   make test   set up .venv, lint and type-check, run the test suite and every chapter (nbmake), build the HTML with -W
 # Pick a profile with SPLITLIB_PROFILE=<name> (default cpu); each profile has its own outputs.
 
 SHELL := /bin/bash
@@ -46,6 +46,8 @@ book: setup
 	$(PY) -m splitlib.build html
 
 test: setup
+	$(PY) -m ruff check splitlib tests
+	$(PY) -m mypy splitlib
 	$(PY) -m splitlib.build prepare --force > /dev/null
 	$(PY) -m pytest tests _notebooks/$(PROFILE) $(NBMAKE)
 	$(PY) -m splitlib.build record

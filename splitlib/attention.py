@@ -96,12 +96,12 @@ def _block_mask(allowed: Tensor) -> BlockMask:
     dense = (allowed[:1] if same else allowed)[:, 0]
     dense = torch.nn.functional.pad(dense, (0, -kv_len % BLOCK, 0, -q_len % BLOCK), value=False)
 
-    if same:
-        def mask_mod(_b: Tensor, _h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
-            return dense[0, q, kv]
-    else:
-        def mask_mod(b: Tensor, _h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
-            return dense[b, q, kv]
+    def same_rows_mask(_b: Tensor, _h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        return dense[0, q, kv]
 
+    def per_row_mask(b: Tensor, _h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        return dense[b, q, kv]
+
+    mask_mod = same_rows_mask if same else per_row_mask
     batch = 1 if same else rows
     return create_block_mask(mask_mod, batch, None, q_len, kv_len, device=allowed.device, BLOCK_SIZE=BLOCK)

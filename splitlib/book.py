@@ -14,11 +14,13 @@ if TYPE_CHECKING:
     import pandas as pd
     from pandas.io.formats.style import Styler
 
+    from .models import ModelInfo
+
 # One number format for the book's tables, unless a column asks for another.
 DEFAULT_FORMAT = "{:.3g}"
 
 
-def run_box(profile: Profile, model_info: object, data: str) -> object:
+def run_box(profile: Profile, model_info: ModelInfo, data: str) -> object:
     """The box at the top of every chapter: what rendered it and how to re-run it at paper scale.
 
     Returned as MyST Markdown, which the book renders as an admonition.

@@ -21,10 +21,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .cache import stable_hash
 from .data import DATA_ENV
 from .profiles import DEFAULT_PROFILE, get_profile
+
+if TYPE_CHECKING:
+    from nbformat import NotebookNode
 
 ROOT = Path(__file__).resolve().parent.parent
 STATUS_MARKER = "<!-- chapter-times -->"
@@ -95,7 +99,7 @@ def prepare(profile: str, root: Path = ROOT, force: bool = False) -> list[Path]:
     return stale
 
 
-def _stamp(notebook: object) -> dict:
+def _stamp(notebook: NotebookNode) -> dict:
     return dict(notebook.metadata.get("splitlib", {}))
 
 
@@ -122,14 +126,14 @@ def record(profile: str, root: Path = ROOT) -> list[str]:
             "key": stamp["pending_key"],
             "profile": profile,
             "seconds": round(execution_seconds(notebook), 1),
-            "executed_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "executed_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         }
         nbformat.write(notebook, target)
         stamped.append(target.stem)
     return stamped
 
 
-def execution_seconds(notebook: object) -> float:
+def execution_seconds(notebook: NotebookNode) -> float:
     """Wall time from the first cell's start to the last cell's reply (nbclient's timing metadata)."""
     starts, ends = [], []
     for cell in notebook.cells:
@@ -202,7 +206,8 @@ def html(profile: str, root: Path = ROOT) -> Path:
         shutil.rmtree(out)  # no page or image of an earlier build survives
     doctrees = root / "_build" / profile / "doctrees"
     subprocess.run(
-        [str(bin_dir / "sphinx-build"), "-W", "--keep-going", "-q", "-E", "-b", "html", "-d", str(doctrees), str(site), str(out)],
+        [str(bin_dir / "sphinx-build"), "-W", "--keep-going", "-q", "-E", "-b", "html", "-d", str(doctrees),
+         str(site), str(out)],
         check=True,
     )
     return out

@@ -15,10 +15,15 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .cache import cache_root, cached_artifact, file_digest, file_lock
 from .profiles import Profile
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .scoring import Tokenizer
 
 DATA_ENV = "SPLITLIB_DATA"
 MIRROR_ENV = "SPLITLIB_DATA_MIRROR"  # a base URL laid out like $SPLITLIB_DATA (tests, private mirrors)
@@ -177,7 +182,8 @@ def statement_pairs(path: Path, prefix: str = "psy") -> list[PolarityPair]:
     """
     fields = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
     return [
-        make_pair(f"{prefix}-{n:04d}", r["question"], str(r[fields[1]]).strip(), str(r[fields[2]]).strip(), f"{path}:{n}")
+        make_pair(f"{prefix}-{n:04d}", r["question"], str(r[fields[1]]).strip(), str(r[fields[2]]).strip(),
+                  f"{path}:{n}")
         for n, r in read_jsonl(path, fields)
     ]
 
@@ -250,7 +256,8 @@ class TaskData:
         return f"{self.task}: {len(self.train)} train / {len(self.test)} test pairs from {self.origin}"
 
 
-def split_pairs(pairs: list[PolarityPair], n_train: int, n_test: int, seed: int) -> tuple[list[PolarityPair], list[PolarityPair]]:
+def split_pairs(pairs: list[PolarityPair], n_train: int, n_test: int,
+                seed: int) -> tuple[list[PolarityPair], list[PolarityPair]]:
     """Seeded train/test split by question, so no question is in both; checked, not assumed."""
     groups: dict[str, list[PolarityPair]] = {}
     for pair in pairs:
@@ -279,8 +286,8 @@ def split_pairs(pairs: list[PolarityPair], n_train: int, n_test: int, seed: int)
 def load_task(
     task: str,
     profile: Profile,
-    model: object | None = None,
-    tokenizer: object | None = None,
+    model: nn.Module | None = None,
+    tokenizer: Tokenizer | None = None,
     source: Source = "auto",
 ) -> TaskData:
     """The task's seeded train/test pairs at the profile's sizes.
@@ -319,12 +326,12 @@ def load_task(
     return TaskData(task, origin, train, test, notes)
 
 
-def _axbench_pairs(path: Path, profile: Profile, model: object, tokenizer: object) -> tuple[list, list]:
+def _axbench_pairs(path: Path, profile: Profile, model: nn.Module, tokenizer: Tokenizer) -> tuple[list, list]:
     """Per concept, a seeded split of the concept's inputs; A_p = the concept-steered output,
     A_n = the model's unsteered greedy answer to the same input."""
     sizes = profile.splits["axbench"]
     rows = concept_rows(path, profile.axbench_concepts)
-    chosen: list[tuple[str, dict]] = []
+    chosen: list[tuple[str, PolarityPair]] = []
     for concept in profile.axbench_concepts:
         stubs = [
             PolarityPair(f"axb-c{concept}-{i:03d}", r["input"], r["output"], "", r["where"], r["output_concept"])
@@ -339,7 +346,7 @@ def _axbench_pairs(path: Path, profile: Profile, model: object, tokenizer: objec
     return split["train"], split["test"]
 
 
-def unsteered_answers(model: object, tokenizer: object, questions: list[str], max_new_tokens: int) -> list[str]:
+def unsteered_answers(model: nn.Module, tokenizer: Tokenizer, questions: list[str], max_new_tokens: int) -> list[str]:
     """The model's greedy answers, generated once per (model, questions, length) and cached."""
     from .cache import source_digest, stable_hash
     from .models import generate, model_fingerprint
@@ -348,5 +355,6 @@ def unsteered_answers(model: object, tokenizer: object, questions: list[str], ma
                        "template": getattr(tokenizer, "chat_template", None),
                        "code": source_digest("models", "scoring")})
     path = cached_artifact(cache_root() / "generations" / f"{key}.json",
-                           lambda tmp: tmp.write_text(json.dumps(generate(model, tokenizer, questions, max_new_tokens))))
+                           lambda tmp: tmp.write_text(json.dumps(generate(model, tokenizer, questions,
+                                                                          max_new_tokens))))
     return json.loads(path.read_text())

@@ -9,21 +9,22 @@ captured at requested depths in the same pass. Batches are sized by a token budg
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.attention.flex_attention import BlockMask
 
 from .attention import packed_attention_mask
 from .cache import source_digest, stable_hash
 from .data import PolarityPair
 from .interventions import Intervention
-from .models import decoder_layers, model_fingerprint
+from .models import as_causal_lm, decoder_layers, model_fingerprint, recording
 from .profiles import EngineSettings
-from .scoring import EncodedPair, encode_pair, token_nll
+from .scoring import EncodedPair, Tokenizer, encode_pair, token_nll
 
 # Tokens per upper-pass forward (rows x width x multipliers) on a CPU; a GPU sizes it from free memory.
 CPU_TOKEN_BUDGET = 8192
@@ -45,19 +46,20 @@ def device_token_budget(model: nn.Module, row_tokens: int = 2048) -> int:
     if parameter.device.type != "cuda":
         return CPU_TOKEN_BUDGET
     free, _ = torch.cuda.mem_get_info(parameter.device)
-    config = model.config
+    config = as_causal_lm(model).config
     per_token = ((config.hidden_size * 6 + config.intermediate_size * 3) * parameter.element_size()
                  + config.num_attention_heads * row_tokens * 4 * 2)
     return int(max(4096, min(1 << 17, free // 4 // per_token)))
 
 
 # ----- encoding and batches ----------------------------------------------------------------------------
-def encode_pairs(tokenizer: object, pairs: Sequence[PolarityPair], max_answer_tokens: int | None = None) -> list[EncodedPair]:
+def encode_pairs(tokenizer: Tokenizer, pairs: Sequence[PolarityPair],
+                 max_answer_tokens: int | None = None) -> list[EncodedPair]:
     """Token ids of each pair's prompt and its two completions (see `scoring.encode_pair`)."""
     return [encode_pair(tokenizer, p.question, p.positive, p.negative, max_answer_tokens) for p in pairs]
 
 
-def pad_token_id(tokenizer: object) -> int:
+def pad_token_id(tokenizer: Tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
@@ -66,7 +68,7 @@ class PairBatch:
     """Rows of tokens and where each scored token sits (sequences ordered A_p, A_n per pair)."""
 
     input_ids: Tensor
-    attention_mask: object  # a 2-D padding mask, or what the attention implementation takes for packed rows
+    attention_mask: Tensor | BlockMask  # a 2-D padding mask, or what the attention implementation takes for packed rows
     position_ids: Tensor
     rows: Tensor  # row of each scored token
     cols: Tensor  # position whose logits predict that token
@@ -94,6 +96,7 @@ class PairBatch:
             allowed = self.allowed.repeat(times, 1, 1, 1)
             mask = packed_attention_mask(model, allowed, next(model.parameters()).dtype)
         else:
+            assert isinstance(self.attention_mask, Tensor)  # rows not packed: a 2-D padding mask
             allowed, mask = None, self.attention_mask.repeat(times, 1)
         return PairBatch(self.input_ids.repeat(times, 1), mask, self.position_ids.repeat(times, 1),
                          self.rows.repeat(times) + offsets, self.cols.repeat(times), self.targets.repeat(times),
@@ -101,7 +104,7 @@ class PairBatch:
 
 
 def collate_pairs(encoded: Sequence[EncodedPair], pad_id: int, device: torch.device | str, packed: bool,
-                  model: nn.Module | None = None, row_per_pair: bool = False) -> PairBatch:
+                  model: nn.Module | None = None, row_per_pair: bool = False, pad_to: int = 1) -> PairBatch:
     """The sequences of a batch of pairs as padded rows, with where each scored token sits.
 
     Separate (`packed=False`): two rows per pair, prompt + A_p and prompt + A_n, right-padded.
@@ -111,7 +114,7 @@ def collate_pairs(encoded: Sequence[EncodedPair], pad_id: int, device: torch.dev
     starts, so every answer is scored exactly as if it were alone, while the shared prefix and each
     prompt are computed once. `row_per_pair` packs each pair in a row of its own (training draws
     one m per pair, applied per row). Packed rows need `model` (its attention implementation
-    decides the mask's form).
+    decides the mask's form). `pad_to` rounds the width up to a multiple of it.
     """
     if not packed:
         rows = [_tree_row([pair], only=side) for pair in encoded for side in (0, 1)]
@@ -119,7 +122,7 @@ def collate_pairs(encoded: Sequence[EncodedPair], pad_id: int, device: torch.dev
         if model is None:
             raise ValueError("packed rows need the model: its attention implementation decides the mask's form")
         rows = [_tree_row([pair]) for pair in encoded] if row_per_pair else [_tree_row(encoded)]
-    width = max(len(row.tokens) for row in rows)
+    width = -(-max(len(row.tokens) for row in rows) // pad_to) * pad_to
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
     real = torch.zeros((len(rows), width), dtype=torch.bool)
@@ -136,7 +139,9 @@ def collate_pairs(encoded: Sequence[EncodedPair], pad_id: int, device: torch.dev
             targets += list(row.tokens[first : first + count])
             lengths.append(count)
     allowed = _tree_allowed(rows, width).to(device) if packed else None
+    attention: Tensor | BlockMask
     if allowed is not None:
+        assert model is not None  # checked above for packed rows
         attention = packed_attention_mask(model, allowed, next(model.parameters()).dtype)
     else:
         attention = real.long().to(device)
@@ -250,7 +255,8 @@ def scored_reads(lengths: Sequence[int], pair_indices: Sequence[int], per_answer
     capture, and (pair, answer, position) for each: per pair its last prompt token once (both
     answers read it; answer -1), then up to `per_answer` evenly spaced answer tokens that predict
     the next answer token (answer 1 for A_p, 0 for A_n)."""
-    keep, meta, offset = [], [], 0
+    keep: list[list[int] | np.ndarray] = []
+    meta, offset = [], 0
     for number, length in enumerate(lengths):  # sequences: A_p, A_n per pair
         pair, answer = pair_indices[number // 2], 1 - number % 2
         if answer == 1:
@@ -275,41 +281,31 @@ class _PassThrough(nn.Module):
         return hidden_states
 
 
-@dataclass
-class _Window:
-    entering_stop: Tensor | None = None  # the hidden state entering layer `stop`
-
-
 @contextmanager
-def layer_window(model: nn.Module, start: int, stop: int, inject: Tensor | None = None) -> Iterator[_Window]:
+def layer_window(model: nn.Module, start: int, stop: int, inject: Tensor | None = None) -> Iterator[None]:
     """Within the block only decoder layers start..stop-1 compute; the others pass their input on.
 
-    `inject` replaces the hidden state entering layer `start`; the hidden state entering layer
-    `stop` (if stop < n_layers) is captured. Embeddings, masks and positions are the model's own.
+    `inject` replaces the hidden state entering layer `start` (past the last layer: the final
+    norm's input). Embeddings, masks and positions are the model's own.
     """
     layers = decoder_layers(model)
     originals = list(layers)
-    window = _Window()
 
     def replace_input(_module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+        assert inject is not None  # hooked only when given
         return (inject.to(args[0].dtype),) + args[1:], kwargs
 
-    def capture(_module: nn.Module, args: tuple, _kwargs: dict) -> None:
-        window.entering_stop = args[0]
-
-    hooks = []
+    hook = None
     try:
         for index, layer in enumerate(originals):
             if not start <= index < stop:
                 layers[index] = _PassThrough(layer)
-        if inject is not None:  # past the last layer, the final norm is what receives the hidden state
-            target = layers[start] if start < len(layers) else model.get_decoder().norm
-            hooks.append(target.register_forward_pre_hook(replace_input, with_kwargs=True))
-        if stop < len(layers):
-            hooks.append(layers[stop].register_forward_pre_hook(capture, with_kwargs=True))
-        yield window
+        if inject is not None:
+            target = layers[start] if start < len(layers) else as_causal_lm(model).get_decoder().norm
+            hook = target.register_forward_pre_hook(replace_input, with_kwargs=True)
+        yield
     finally:
-        for hook in hooks:
+        if hook is not None:
             hook.remove()
         for index, layer in enumerate(originals):
             layers[index] = layer
@@ -322,46 +318,32 @@ def hidden_state_module(model: nn.Module, index: int) -> nn.Module:
     if not 1 <= index <= len(layers):
         raise ValueError(f"hidden state {index} is out of range: {type(model).__name__} has hidden states "
                          f"1..{len(layers)} (i = output of layer i-1, {len(layers)} = final norm)")
-    return model.get_decoder().norm if index == len(layers) else layers[index - 1]
-
-
-@contextmanager
-def recording(modules: Mapping[object, nn.Module], inputs: bool = False) -> Iterator[dict[object, Tensor]]:
-    """Record what each module outputs (or, with `inputs`, its first input) during the next forwards,
-    keyed as `modules`: the one activation recorder of splitlib. Hooks are appended, so an applied
-    intervention's (prepended) hooks have already acted on what is recorded."""
-    store: dict[object, Tensor] = {}
-
-    def keeper(key: object):
-        def keep_output(_module: nn.Module, _args: tuple, output: Tensor | tuple) -> None:
-            store[key] = output[0] if isinstance(output, tuple) else output
-
-        def keep_input(_module: nn.Module, args: tuple) -> None:
-            store[key] = args[0]
-
-        return keep_input if inputs else keep_output
-
-    hooks = []
-    try:
-        for key, module in modules.items():
-            hook = keeper(key)
-            hooks.append(module.register_forward_pre_hook(hook) if inputs else module.register_forward_hook(hook))
-        yield store
-    finally:
-        for hook in hooks:
-            hook.remove()
+    return as_causal_lm(model).get_decoder().norm if index == len(layers) else layers[index - 1]
 
 
 def decoder_forward(model: nn.Module, batch: PairBatch) -> Tensor:
     """The decoder's final hidden states (after its final norm) for a batch."""
-    return model.get_decoder()(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
-    ).last_hidden_state
+    with attention_backends(model):
+        return as_causal_lm(model).get_decoder()(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+        ).last_hidden_state
+
+
+def attention_backends(model: nn.Module) -> AbstractContextManager:
+    """On a GPU with sdpa, the kernels that take an arbitrary mask without planning anew for every
+    row width (memory-efficient, then math): cuDNN's attention re-plans per shape, which was most
+    of the host time of a GPU sweep. Elsewhere nothing changes."""
+    parameter = next(model.parameters())
+    if parameter.device.type != "cuda" or getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def lm_logits(model: nn.Module, hidden: Tensor) -> Tensor:
     """The LM head on selected final hidden states (with Gemma-2's final soft-capping)."""
-    logits = model.get_output_embeddings()(hidden)
+    logits = as_causal_lm(model).get_output_embeddings()(hidden)
     cap = getattr(model.config, "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
 
@@ -375,7 +357,7 @@ def scored_nll(model: nn.Module, batch: PairBatch, final_hidden: Tensor) -> Tens
 class LowerPass:
     """What the layers below a split point computed for a batch, independent of any update."""
 
-    entering: Tensor | None  # the hidden state entering the split layer (None: the split is past the end)
+    entering: Tensor  # the hidden state entering the split layer (past the end: the final norm's input)
     final: Tensor | None  # final hidden states, when the split is past the last layer
     hidden: dict[int, Tensor]  # requested hidden states computed below the split
 
@@ -383,12 +365,13 @@ class LowerPass:
 def lower_pass(model: nn.Module, batch: PairBatch, split: int, hidden_states: Sequence[int] = ()) -> LowerPass:
     """Run layers 0..split-1 once; keep the state entering layer `split` and the requested hidden
     states (transformers numbering) that lie below it."""
-    n_layers = len(decoder_layers(model))
-    modules = {i: hidden_state_module(model, i) for i in hidden_states}
-    with recording(modules) as seen, layer_window(model, 0, split) as window:
+    # layers from `split` on pass their input on, so the final norm receives the state entering `split`
+    past_the_end = split >= len(decoder_layers(model))
+    with (recording({i: hidden_state_module(model, i) for i in hidden_states}) as seen,
+          recording({"norm": as_causal_lm(model).get_decoder().norm}, inputs=True) as received,
+          layer_window(model, 0, split)):
         final = decoder_forward(model, batch)
-    return LowerPass(window.entering_stop if split < n_layers else None, final if split >= n_layers else None,
-                     dict(seen))
+    return LowerPass(received["norm"], final if past_the_end else None, dict(seen))
 
 
 def upper_pass(model: nn.Module, batch: PairBatch, split: int, entering: Tensor,
@@ -411,7 +394,8 @@ class BatchResult:
 
 
 def steered_batch(model: nn.Module, batch: PairBatch, intervention: Intervention | None, multipliers: Sequence[float],
-                  settings: EngineSettings, hidden_states: Sequence[int] = (), keep: Tensor | None = None) -> BatchResult:
+                  settings: EngineSettings, hidden_states: Sequence[int] = (),
+                  keep: Tensor | None = None) -> BatchResult:
     """Score a batch at every multiplier: the layers below the intervention once, the layers above
     once per group of multipliers that fits the token budget (rows repeated, one m per copy).
 
@@ -430,9 +414,16 @@ def steered_batch(model: nn.Module, batch: PairBatch, intervention: Intervention
         for i in below:
             hidden[i] = lower.hidden[i][rows, cols].float().cpu().expand(k, -1, -1)
         if intervention is None:
+            assert lower.final is not None  # the split is past the last layer
             return BatchResult(scored_nll(model, batch, lower.final).expand(k, -1), hidden)
-        per_forward = max(1, settings.token_budget // max(1, batch.n_rows * batch.input_ids.shape[1]))
-        nll, captured = [], {i: [] for i in above}
+        assert settings.token_budget is not None and lower.entering is not None  # resolved; split < n_layers
+        size = batch.n_rows * batch.input_ids.shape[1]
+        if size > settings.token_budget:
+            raise ValueError(f"a batch of {batch.n_rows} row(s) of {batch.input_ids.shape[1]} tokens does not fit the "
+                             f"token budget of {settings.token_budget}: raise EngineSettings.token_budget")
+        per_forward = settings.token_budget // size
+        nll: list[Tensor] = []
+        captured: dict[int, list[Tensor]] = {i: [] for i in above}
         for start in range(0, k, per_forward):
             group = [float(m) for m in multipliers[start : start + per_forward]]
             copies = batch.repeated(len(group), model)

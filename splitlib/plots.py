@@ -102,7 +102,8 @@ def accuracy_curve(summary: pd.DataFrame, x: str = "m", hue: str = "split", xlab
     for key, group in summary.groupby(hue, sort=False):
         group = group.sort_values(x)
         line, = ax.plot(group[x], group.accuracy, marker=".", color=SPLIT_COLOURS.get(key), label=str(key))
-        ax.fill_between(group[x], group.accuracy_low, group.accuracy_high, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.fill_between(group[x], group.accuracy_low, group.accuracy_high, color=line.get_color(), alpha=0.2,
+                        linewidth=0)
     ax.axhline(0.5, color="black", linewidth=0.6, linestyle=":")
     ax.set(xlabel=xlabel, ylabel="share of pairs with PrefOdds > 0", ylim=(0, 1))
     ax.legend(title=hue)
@@ -157,7 +158,8 @@ def loss_histories(histories: dict[tuple[str, str], list[float]]) -> Figure:
 REGION_COLOURS = {"linear": "#d9f0d3", "transitional": "#fee8c8", "convergence": "#e0e0e0"}
 
 
-def fitted_regions(panels: list[dict], value: str, ylabel: str, columns: int = 4) -> Figure:
+# `value` is unused but part of the signature the chapters call positionally.
+def fitted_regions(panels: list[dict], value: str, ylabel: str, columns: int = 4) -> Figure:  # noqa: ARG001
     """Mean curves (points) with their rational-quadratic fit (line) and the three regions the
     fit implies, shaded: linear (D >= 0.9), transitional, convergence (D <= 0.1).
 
@@ -175,7 +177,8 @@ def fitted_regions(panels: list[dict], value: str, ylabel: str, columns: int = 4
         lo, hi = float(m.min()), float(m.max())
         if fitted.ok:
             d = fitted.derived
-            edges = [lo, d["convergence_start_neg"], d["linear_end_neg"], d["linear_end_pos"], d["convergence_start_pos"], hi]
+            edges = [lo, d["convergence_start_neg"], d["linear_end_neg"], d["linear_end_pos"],
+                     d["convergence_start_pos"], hi]
             names = ["convergence", "transitional", "linear", "transitional", "convergence"]
             for (left, right), name in zip(zip(edges[:-1], edges[1:]), names):
                 left, right = max(lo, min(left, hi)), max(lo, min(right, hi))
@@ -262,7 +265,8 @@ def pca_picture(panels: list[dict]) -> Figure:
         for m, points in sorted(panel["steered"].items()):
             scatter = ax.scatter(*np.asarray(points).T, s=9, c=np.full(len(points), m), cmap="coolwarm", norm=norm,
                                  alpha=0.7, rasterized=True)
-        ax.scatter(*panel["cloud"].T, s=3, color="black", alpha=0.6, label="unsteered (train)", zorder=3, rasterized=True)
+        ax.scatter(*panel["cloud"].T, s=3, color="black", alpha=0.6, label="unsteered (train)", zorder=3,
+                   rasterized=True)
         fig.colorbar(scatter, ax=ax, label="m (steered test activations)")
         ax.set(title=panel["title"], xlabel=panel["xlabel"], ylabel=panel["ylabel"])
         ax.legend(loc="upper left", fontsize="x-small")

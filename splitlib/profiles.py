@@ -33,7 +33,7 @@ class TrainConfig:
     batch_size: int
     grad_accum: int
     lr: float
-    factors: tuple[float, ...]
+    multipliers: tuple[float, ...]  # |m| drawn per example
     pair_types: tuple[str, ...] = ("add",)
     lambda_p: float = 1.0
     lambda_n: float = 0.5
@@ -44,12 +44,12 @@ class TrainConfig:
     reps_scale: float = 1.0
 
 
-_WEIGHT_FACTORS = tuple(round(0.2 * k, 1) for k in range(1, 11))  # 0.2 ... 2.0
-_VECTOR_FACTORS = tuple(float(2 * k) for k in range(1, 11))  # 2 ... 20
+_WEIGHT_MULTIPLIERS = tuple(round(0.2 * k, 1) for k in range(1, 11))  # 0.2 ... 2.0
+_VECTOR_MULTIPLIERS = tuple(float(2 * k) for k in range(1, 11))  # 2 ... 20
 
 
 def _paper_split(epochs, batch, accum, lr, lambda_n, gamma, theta, pairs, vector=False) -> TrainConfig:
-    return TrainConfig(epochs, batch, accum, lr, _VECTOR_FACTORS if vector else _WEIGHT_FACTORS,
+    return TrainConfig(epochs, batch, accum, lr, _VECTOR_MULTIPLIERS if vector else _WEIGHT_MULTIPLIERS,
                        pairs, 1.0, lambda_n, gamma, theta)
 
 
@@ -82,12 +82,39 @@ _QWEN_SPLIT = {
 _CPU_SPLIT = {
     (task, form): TrainConfig(
         epochs=2, batch_size=8, grad_accum=1, lr={"vector": 0.01, "lora": 0.01, "local_weight": 0.002}[form],
-        factors=_VECTOR_FACTORS if form == "vector" else _WEIGHT_FACTORS,
+        multipliers=_VECTOR_MULTIPLIERS if form == "vector" else _WEIGHT_MULTIPLIERS,
         pair_types=ADD_SUB if form != "local_weight" else ADD,
     )
     for task in ("psychopathy", "powerseeking", "axbench")
     for form in ("vector", "lora", "local_weight")
 }
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the forward engine cuts its work: tokens per forward, tokens and pairs per packed row.
+
+    `token_budget` bounds rows x width x multipliers of one upper-pass forward; None lets the
+    engine pick one for the device (`engine.device_token_budget`). Batching changes results only
+    at rounding level, but it is part of every cache key all the same.
+    """
+
+    token_budget: int | None = None
+    row_tokens: int = 2048  # attention over a packed row grows with its square
+    pairs_per_row: int = 32
+    pad_to: int = 1  # row widths rounded up to a multiple: repeated shapes spare a GPU new kernel plans
+
+    def __post_init__(self) -> None:
+        for name in ("row_tokens", "pairs_per_row", "pad_to"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"EngineSettings.{name} must be a positive int, got {value!r}")
+        budget = self.token_budget
+        if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
+            raise ValueError(f"EngineSettings.token_budget must be a positive int or None, got {budget!r}")
+        if budget is not None and budget < self.row_tokens:
+            raise ValueError(f"EngineSettings.token_budget ({budget}) is smaller than one packed row "
+                             f"(row_tokens = {self.row_tokens}): raise the budget or lower row_tokens")
 
 
 @dataclass(frozen=True)
@@ -107,12 +134,13 @@ class Profile:
     axbench_concepts: tuple[int, ...] = tuple(range(10))
     max_answer_tokens: int | None = None  # truncate long answers (AxBench) before scoring
     generation_tokens: int = 128  # new tokens for A_n of AxBench and for steered examples
-    batch_size: int = 16  # sequences per forward pass in sweeps
+    engine: EngineSettings = EngineSettings()  # how sweeps, captures and DiffMean batch their work
     seed: int = 42
     split_configs: dict[tuple[str, str], TrainConfig] = field(default_factory=dict)
     description: str = ""
     paper_setup: bool = False
     extras: dict[str, object] = field(default_factory=dict)
+    attn_implementation: str | None = None  # passed to transformers when set ("eager", "sdpa", ...)
 
     def rerun_hint(self) -> str:
         """How a reader re-runs a chapter with the paper's models."""
@@ -131,19 +159,22 @@ _PAPER_SPLITS = {
     "powerseeking": SplitSizes(500, 200),
     "axbench": SplitSizes(64, 8),
 }
-# The reference configs train vectors with factors 2..20 and weights with 0.2..2.0 (digest §5.3);
+# The reference configs train vectors with multipliers 2..20 and weights with 0.2..2.0 (digest §5.3);
 # sweeps reach past them so the convergence region is visible.
 _PAPER_VECTOR_GRID = _symmetric((1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 25, 30, 40))
 _PAPER_RELATIVE_GRID = _symmetric((0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0))
 _PAPER_WEIGHT_GRID = _symmetric((0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 4.0))
 
-def _paper_profile(name: str, model: str, layer: int, split_configs: dict, title: str) -> Profile:
+def _paper_profile(name: str, model: str, layer: int, split_configs: dict, title: str,
+                   attn_implementation: str | None = None) -> Profile:
     """One of the paper's setups: bf16 on a GPU, the paper's split sizes and grids."""
     return Profile(
         name=name, model=model, layer=layer, dtype="bfloat16", device="cuda", splits=dict(_PAPER_SPLITS),
         vector_grid=_PAPER_VECTOR_GRID, weight_grid=_PAPER_WEIGHT_GRID, relative_grid=_PAPER_RELATIVE_GRID,
         lora_rank=4, split_configs=split_configs, paper_setup=True,
+        engine=EngineSettings(pairs_per_row=16, pad_to=64),
         description=f"The paper's {title} setup: layer {layer}, bf16, paper split sizes.",
+        attn_implementation=attn_implementation,
     )
 
 
@@ -166,36 +197,16 @@ PROFILES: dict[str, Profile] = {
         axbench_concepts=(0, 1),
         max_answer_tokens=48,
         generation_tokens=48,
-        batch_size=32,
+        engine=EngineSettings(pairs_per_row=32),
         split_configs=_CPU_SPLIT,
         description="The embedded SmolLM2-135M-Instruct on a CPU, at sizes that fit CI.",
     ),
-    "gemma-2-9b-it": _paper_profile("gemma-2-9b-it", "google/gemma-2-9b-it", 20, _GEMMA_SPLIT, "Gemma-2-9B-IT"),
-    "qwen2.5-7b-it": _paper_profile("qwen2.5-7b-it", "Qwen/Qwen2.5-7B-Instruct", 14, _QWEN_SPLIT, "Qwen-2.5-7B-Instruct"),
+    # transformers 5.24 refuses sdpa for Gemma-2 (eager keeps its attention soft-capping); Qwen-2.5 runs sdpa.
+    "gemma-2-9b-it": _paper_profile("gemma-2-9b-it", "google/gemma-2-9b-it", 20, _GEMMA_SPLIT, "Gemma-2-9B-IT",
+                                    attn_implementation="eager"),
+    "qwen2.5-7b-it": _paper_profile("qwen2.5-7b-it", "Qwen/Qwen2.5-7B-Instruct", 14, _QWEN_SPLIT,
+                                    "Qwen-2.5-7B-Instruct", attn_implementation="sdpa"),
 }
-
-
-def run_box(profile: Profile, model_info: object, data: str) -> object:
-    """The box at the top of every chapter: what rendered it and how to re-run it at paper scale.
-
-    Returned as MyST Markdown, which the book renders as an admonition.
-    """
-    from IPython.display import Markdown
-
-    scale = "the paper's setup" if profile.paper_setup else "a small model at CI sizes: shapes, not magnitudes"
-    return Markdown(
-        "```{admonition} How this page was rendered\n"
-        ":class: note\n\n"
-        f"- **Profile:** `{profile.name}`: {profile.description}\n"
-        f"- **Model:** `{profile.model}` ({model_info.architecture}, {model_info.n_layers} layers, "
-        f"hidden size {model_info.hidden_size}, {model_info.n_parameters / 1e6:.1f} M parameters, "
-        f"{model_info.dtype} on {model_info.device})\n"
-        f"- **Intervention layer:** {profile.layer}\n"
-        f"- **Data:** {data}\n"
-        f"- **Scale:** {scale}\n\n"
-        f"To re-run at paper scale: {profile.rerun_hint()}\n"
-        "```"
-    )
 
 
 def get_profile(name: str | None = None) -> Profile:

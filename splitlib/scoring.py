@@ -13,7 +13,7 @@ scored.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from torch import Tensor
 if TYPE_CHECKING:
     import pandas as pd
 
+# A Hugging Face tokenizer (transformers.PreTrainedTokenizerBase, or a test's stand-in). Any: its
+# __call__ and apply_chat_template return loose unions that every use would have to narrow.
+Tokenizer: TypeAlias = Any
 LossKind = Literal["mean", "sum"]
 LOSS_KINDS = ("mean", "sum")
 # Where e^-L_p + e^-L_n reaches 1 the utility log-odds is undefined; the sum is clamped to
@@ -30,13 +33,13 @@ UTIL_CLAMP_EPS = 1e-6
 _MARKER = "\u2063SPLITLIB-ANSWER\u2063"
 
 
-def check_loss(loss: str) -> str:
+def check_loss(loss: str) -> LossKind:
     if loss not in LOSS_KINDS:
         raise ValueError(f"unknown loss {loss!r}; choose 'mean' (mean token NLL, the reference code's) or 'sum'")
-    return loss
+    return cast(LossKind, loss)
 
 
-def chat_prompt(tokenizer: object, question: str) -> str:
+def chat_prompt(tokenizer: Tokenizer, question: str) -> str:
     """The question as one user turn plus the generation prompt, as text (the template's own
     default system prompt, if any, is kept, as in the reference code with an empty system prompt)."""
     return tokenizer.apply_chat_template(
@@ -44,7 +47,7 @@ def chat_prompt(tokenizer: object, question: str) -> str:
     )
 
 
-def end_of_turn(tokenizer: object) -> str:
+def end_of_turn(tokenizer: Tokenizer) -> str:
     """The text the chat template appends after an assistant message (e.g. '<|im_end|>\\n')."""
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": "1"}, {"role": "assistant", "content": _MARKER}], tokenize=False
@@ -61,7 +64,7 @@ class EncodedPair:
     negative: tuple[int, ...]
 
 
-def encode_pair(tokenizer: object, question: str, positive: str, negative: str,
+def encode_pair(tokenizer: Tokenizer, question: str, positive: str, negative: str,
                 max_answer_tokens: int | None = None) -> EncodedPair:
     """Prompt tokens and the tokens of each answer + end-of-turn text.
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,7 +33,7 @@ from .engine import (
 )
 from .interventions import Intervention
 from .profiles import EngineSettings
-from .scoring import check_loss, pref_odds, reduce_nll, token_nll, util_odds
+from .scoring import EncodedPair, Tokenizer, check_loss, pref_odds, reduce_nll, token_nll, util_odds
 
 COLUMNS = ["pair_id", "split", "m", "loss_p", "loss_n", "pref_odds", "util_odds", "clamped"]
 SWEEP_CODE = ("sweep",)  # the modules whose source keys a sweep (beside the engine's own)
@@ -62,35 +64,65 @@ class Capture:
 
 @dataclass
 class SweepResult:
-    """A sweep's table and, when a capture was asked for, the hidden states of the same pass."""
+    """Summed token losses of every sequence at every m (sequences A_p, A_n per pair), their token
+    counts, and, when a capture was asked for, the hidden states of the same pass. Both loss kinds
+    follow from the sums, so one pass (and one cached artifact) serves both."""
 
-    table: pd.DataFrame
+    pairs: Sequence[PolarityPair]
+    multipliers: list[float]
+    summed: np.ndarray  # (n_multipliers, 2 * n_pairs)
+    tokens: np.ndarray  # (2 * n_pairs,) scored tokens per sequence
     hidden: np.ndarray | None = None  # (n_multipliers, n_hidden_states, n_positions, width)
     where: list[tuple[int, int, int]] | None = None  # (pair index, answer, position) per captured row
 
+    def table(self, split: str, loss: str) -> pd.DataFrame:
+        """One row per (pair, m) with L_p, L_n (`loss`: "mean" or "sum" over tokens) and the odds."""
+        losses = self.summed / self.tokens if check_loss(loss) == "mean" else self.summed
+        return _table(self.pairs, split, self.multipliers, losses)
 
-def sweep_pass(model: nn.Module, tokenizer: object, pairs: Sequence[PolarityPair], intervention: Intervention | None,
-               multipliers: Sequence[float], *, split: str, loss: str, max_answer_tokens: int | None,
-               settings: EngineSettings, capture: Capture | None = None, progress: bool = True,
+    def raw(self) -> pd.DataFrame:
+        """The loss-agnostic form that the cache keeps."""
+        return pd.DataFrame({
+            "pair_id": np.tile([p.id for p in self.pairs], len(self.multipliers)),
+            "m": np.repeat(np.asarray(self.multipliers, dtype=float), len(self.pairs)),
+            "sum_p": self.summed[:, 0::2].reshape(-1), "sum_n": self.summed[:, 1::2].reshape(-1),
+            "tokens_p": np.tile(self.tokens[0::2], len(self.multipliers)),
+            "tokens_n": np.tile(self.tokens[1::2], len(self.multipliers)),
+        })
+
+    @classmethod
+    def from_raw(cls, raw: pd.DataFrame, pairs: Sequence[PolarityPair], multipliers: list[float]) -> SweepResult:
+        k, n = len(multipliers), len(pairs)
+        summed = np.empty((k, 2 * n))
+        summed[:, 0::2] = raw.sum_p.to_numpy().reshape(k, n)
+        summed[:, 1::2] = raw.sum_n.to_numpy().reshape(k, n)
+        tokens = np.empty(2 * n)
+        tokens[0::2], tokens[1::2] = raw.tokens_p.to_numpy()[:n], raw.tokens_n.to_numpy()[:n]
+        return cls(pairs, multipliers, summed, tokens)
+
+
+def sweep_pass(model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[PolarityPair], intervention: Intervention | None,
+               multipliers: list[float], *, encoded: Sequence[EncodedPair], settings: EngineSettings,
+               capture: Capture | None = None, progress: bool = True, label: str = "sweep",
                resume: ResumableBatches | None = None) -> SweepResult:
-    """The engine over every batch of a split: losses, and with `capture` the hidden states."""
+    """The engine over every batch of a split: summed losses, and with `capture` the hidden states."""
     from tqdm.auto import tqdm
 
-
     settings = resolved(settings, model)
-    encoded = encode_pairs(tokenizer, pairs, max_answer_tokens)
     device = next(model.parameters()).device
-    losses = np.empty((len(multipliers), 2 * len(encoded)))
+    summed = np.empty((len(multipliers), 2 * len(encoded)))
+    tokens = np.array([len(answer) for pair in encoded for answer in (pair.positive, pair.negative)], dtype=float)
     hidden_parts, where = [], []
-    label = f"sweep {split} ({intervention.form if intervention else 'no intervention'})"
+    label = f"{label} ({intervention.form if intervention else 'no intervention'})"
     for number, indices in enumerate(tqdm(plan_batches(encoded, settings), desc=label, disable=not progress,
                                           unit="batch")):
         columns = [j for i in indices for j in (2 * i, 2 * i + 1)]
         done = resume.load(number) if resume is not None else None
         if done is not None:
-            losses[:, columns] = done
+            summed[:, columns] = done
             continue
-        batch = collate_pairs([encoded[i] for i in indices], pad_token_id(tokenizer), device, packed=True, model=model)
+        batch = collate_pairs([encoded[i] for i in indices], pad_token_id(tokenizer), device, packed=True, model=model,
+                              pad_to=settings.pad_to)
         keep = None
         if capture is not None:
             keep_index, batch_where = scored_reads(batch.lengths, indices, capture.tokens_per_answer)
@@ -98,16 +130,15 @@ def sweep_pass(model: nn.Module, tokenizer: object, pairs: Sequence[PolarityPair
             where += batch_where
         result = steered_batch(model, batch, intervention, multipliers, settings,
                                capture.hidden_states if capture else (), keep)
-        per_sequence = torch.stack([reduce_nll(row, batch.lengths, loss) for row in result.nll]).cpu().numpy()
-        losses[:, columns] = per_sequence
+        per_sequence = torch.stack([reduce_nll(row, batch.lengths, "sum") for row in result.nll]).cpu().numpy()
+        summed[:, columns] = per_sequence
         if capture is not None:
             hidden_parts.append(np.stack([result.hidden[i].numpy() for i in capture.hidden_states], axis=1))
         if resume is not None:
             resume.save(number, per_sequence)
-    table = _table(pairs, split, multipliers, losses)
     if capture is None:
-        return SweepResult(table)
-    return SweepResult(table, np.concatenate(hidden_parts, axis=2), where)
+        return SweepResult(pairs, multipliers, summed, tokens)
+    return SweepResult(pairs, multipliers, summed, tokens, np.concatenate(hidden_parts, axis=2), where)
 
 
 def _table(pairs: Sequence[PolarityPair], split: str, multipliers: Sequence[float], losses: np.ndarray) -> pd.DataFrame:
@@ -130,12 +161,14 @@ def _table(pairs: Sequence[PolarityPair], split: str, multipliers: Sequence[floa
 
 
 # ----- the public sweep ---------------------------------------------------------------------------------
-def sweep_key(model: nn.Module, pairs: Sequence[PolarityPair], intervention: Intervention | None,
-              multipliers: Sequence[float], split: str, loss: str, max_answer_tokens: int | None,
-              settings: EngineSettings) -> str:
-    """Everything that determines a sweep's table."""
-    return artifact_key(SWEEP_CODE, model, pairs, intervention, multipliers=list(multipliers), split=split,
-                        loss=loss, max_answer_tokens=max_answer_tokens, settings=resolved(settings, model))
+def sweep_key(model: nn.Module, pairs: Sequence[PolarityPair], encoded: Sequence[EncodedPair],
+              intervention: Intervention | None, multipliers: Sequence[float], settings: EngineSettings) -> str:
+    """Everything that determines a sweep's losses: the model, the pairs' ids and token ids (so
+    the tokenizer, the template and any truncation count), the update, the grid and the batching.
+    Not the loss kind nor the split's name, which are applied when the table is read."""
+    return artifact_key(SWEEP_CODE, model, pairs, intervention, multipliers=list(multipliers),
+                        tokens=[(p.prompt, p.positive, p.negative) for p in encoded],
+                        settings=resolved(settings, model))
 
 
 def check_sweep(model: nn.Module, pairs: Sequence[PolarityPair], intervention: Intervention | None,
@@ -150,16 +183,19 @@ def check_sweep(model: nn.Module, pairs: Sequence[PolarityPair], intervention: I
     return grid
 
 
-def store_sweep(key: str, table: pd.DataFrame) -> pd.DataFrame:
-    """Put a table computed elsewhere (a pass that also captured hidden states) where `run_sweep`
-    with the same key finds it."""
-    path = cached_artifact(cache_root() / "sweeps" / f"{key}.parquet", lambda tmp: table.to_parquet(tmp, index=False))
-    return pd.read_parquet(path)
+def _sweep_path(key: str) -> Path:
+    return cache_root() / "sweeps" / f"{key}.parquet"
+
+
+def store_sweep(key: str, result: SweepResult) -> None:
+    """Put losses computed elsewhere (a pass that also captured hidden states) where `run_sweep`
+    with the same key finds them."""
+    cached_artifact(_sweep_path(key), lambda tmp: result.raw().to_parquet(tmp, index=False))
 
 
 def run_sweep(
     model: nn.Module,
-    tokenizer: object,
+    tokenizer: Tokenizer,
     pairs: Sequence[PolarityPair],
     intervention: Intervention | None,
     multipliers: Sequence[float],
@@ -174,28 +210,29 @@ def run_sweep(
     """Score every pair at every multiplier: one row per (pair, m) with L_p, L_n, PrefOdds,
     UtilOdds and whether the utility probability sum was clamped.
 
-    With `cache`, the table is stored as parquet under a key of all inputs; a second call returns
-    it, an interrupted call resumes from the last finished batch, and concurrent callers wait for
-    one another instead of both computing.
+    With `cache`, the summed losses are stored as parquet under a key of all inputs; a second
+    call (with either loss kind) reads them, an interrupted call resumes from the last finished
+    batch, and concurrent callers wait for one another instead of both computing.
     """
     grid = check_sweep(model, pairs, intervention, multipliers, loss)
     settings = settings or EngineSettings()
-    options = dict(split=split, loss=loss, max_answer_tokens=max_answer_tokens, settings=settings, progress=progress)
+    encoded = encode_pairs(tokenizer, pairs, max_answer_tokens)
+    options: dict[str, Any] = dict(encoded=encoded, settings=settings, progress=progress, label=f"sweep {split}")
     if not cache:
-        return sweep_pass(model, tokenizer, pairs, intervention, grid, **options).table
-    key = sweep_key(model, pairs, intervention, grid, split, loss, max_answer_tokens, settings)
-    target = cache_root() / "sweeps" / f"{key}.parquet"
+        return sweep_pass(model, tokenizer, pairs, intervention, grid, **options).table(split, loss)
+    target = _sweep_path(sweep_key(model, pairs, encoded, intervention, grid, settings))
 
-    def write(tmp):
+    def write(tmp: Path) -> None:
         with ResumableBatches(target.with_suffix(".partial")) as resume:
-            sweep_pass(model, tokenizer, pairs, intervention, grid, resume=resume, **options).table.to_parquet(
+            sweep_pass(model, tokenizer, pairs, intervention, grid, resume=resume, **options).raw().to_parquet(
                 tmp, index=False)
 
-    return pd.read_parquet(cached_artifact(target, write))
+    raw = pd.read_parquet(cached_artifact(target, write))
+    return SweepResult.from_raw(raw, pairs, grid).table(split, loss)
 
 
 def naive_sweep(
-    model: nn.Module, tokenizer: object, pairs: Sequence[PolarityPair], intervention: Intervention | None,
+    model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[PolarityPair], intervention: Intervention | None,
     multipliers: Sequence[float], *, split: str = "test", loss: str = "mean", max_answer_tokens: int | None = None,
 ) -> pd.DataFrame:
     """The reference code's loss mode: one full hooked forward per pair per multiplier, full logits.
@@ -211,7 +248,7 @@ def naive_sweep(
                 with intervention.apply(model, m) if intervention is not None else _nothing():
                     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
                 nll = token_nll(logits[batch.rows, batch.cols], batch.targets)
-                losses[k, 2 * i : 2 * i + 2] = reduce_nll(nll, batch.lengths, loss).cpu().numpy()
+                losses[k, 2 * i : 2 * i + 2] = reduce_nll(nll, batch.lengths, check_loss(loss)).cpu().numpy()
     return _table(pairs, split, grid, losses)
 
 
@@ -220,7 +257,7 @@ def _nothing() -> Iterator[None]:
     yield
 
 
-def precision_noise(model: nn.Module, tokenizer: object, pairs: Sequence[PolarityPair],
+def precision_noise(model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[PolarityPair],
                     intervention: Intervention | None, multipliers: Sequence[float], *,
                     dtype: torch.dtype = torch.bfloat16, loss: str = "mean",
                     settings: EngineSettings | None = None) -> pd.DataFrame:
@@ -233,7 +270,7 @@ def precision_noise(model: nn.Module, tokenizer: object, pairs: Sequence[Polarit
     def in_precision(wanted: torch.dtype) -> nn.Module:
         return model if next(model.parameters()).dtype == wanted else copy.deepcopy(model).to(wanted)
 
-    options = dict(loss=loss, settings=settings, cache=False, progress=False)
+    options: dict[str, Any] = dict(loss=loss, settings=settings, cache=False, progress=False)
     exact = run_sweep(in_precision(torch.float32), tokenizer, pairs, intervention, multipliers, **options)
     rounded = run_sweep(in_precision(dtype), tokenizer, pairs, intervention, multipliers, **options)
     difference = exact[["m", "pref_odds", "util_odds"]].assign(

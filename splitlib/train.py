@@ -35,9 +35,9 @@ from .engine import (
     upper_pass,
 )
 from .interventions import FORMS, Intervention, check_form
-from .models import decoder_layers, down_projection
+from .models import as_causal_lm, decoder_layers, down_projection
 from .profiles import EngineSettings, Profile, TrainConfig
-from .scoring import EncodedPair
+from .scoring import EncodedPair, Tokenizer
 from .sweep import run_sweep
 
 METHODS = ("diffmean", "sft", "reps", "split")
@@ -96,6 +96,7 @@ def objective(method: str, scores: _Scores, config: TrainConfig, ref_win: Tensor
         return (config.lambda_p * scores.win + config.lambda_n * scores.lose
                 + config.gamma * torch.relu(config.theta - margin))
     if method == "reps":
+        assert ref_win is not None and ref_lose is not None, "reps needs the unsteered model's losses"
         logp_win = -scores.win * scores.win_len
         logp_lose = -scores.lose * scores.lose_len
         weight = torch.clamp(config.reps_scale * (ref_lose - ref_win), min=1.0) / scores.win_len
@@ -120,7 +121,7 @@ class Trainer:
     """Trains one intervention on a list of pairs; see `train_intervention` for the cached entry."""
 
     model: nn.Module
-    tokenizer: object
+    tokenizer: Tokenizer
     pairs: Sequence[PolarityPair]
     method: str
     form: str
@@ -130,6 +131,7 @@ class Trainer:
     seed: int = 42
     max_answer_tokens: int | None = None
     reuse_lower_layers: bool = True  # False: every step runs the whole model (benchmarks, tests)
+    settings: EngineSettings = field(default_factory=EngineSettings)  # only `pad_to` matters in training
     history: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -145,7 +147,7 @@ class Trainer:
 
     def _batch(self, pairs: Sequence[EncodedPair]) -> PairBatch:
         return collate_pairs(pairs, pad_token_id(self.tokenizer), self.device, packed=True, model=self.model,
-                             row_per_pair=True)
+                             row_per_pair=True, pad_to=self.settings.pad_to)
 
     def _prepare(self, encoded: Sequence[EncodedPair]) -> list[_Example]:
         """Run layers 0..L once per example, keeping what layer L computed (and, for RePS, the
@@ -231,10 +233,12 @@ class Trainer:
         for _ in range(self.config.epochs):
             rng.shuffle(items)
             for k in range(0, len(items), self.config.batch_size):
-                batches.append([(i, s, rng.choice(self.config.multipliers)) for i, s in items[k : k + self.config.batch_size]])
+                batches.append([(i, s, rng.choice(self.config.multipliers))
+                                for i, s in items[k : k + self.config.batch_size]])
         return batches
 
-    def loss(self, intervention: Intervention, batch: Sequence[tuple[int, int, float]], dropout: float | None = None) -> Tensor:
+    def loss(self, intervention: Intervention, batch: Sequence[tuple[int, int, float]],
+             dropout: float | None = None) -> Tensor:
         """Mean objective over one batch of (example, sign, |m|)."""
         chosen = [self.examples[i] for i, _, _ in batch]
         signs = torch.tensor([float(s) for _, s, _ in batch])
@@ -280,7 +284,7 @@ class Trainer:
 
 def train_intervention(
     model: nn.Module,
-    tokenizer: object,
+    tokenizer: Tokenizer,
     pairs: Sequence[PolarityPair],
     method: str,
     form: str,
@@ -290,6 +294,7 @@ def train_intervention(
     rank: int = 4,
     seed: int = 42,
     max_answer_tokens: int | None = None,
+    settings: EngineSettings | None = None,
     cache: bool = True,
     progress: bool = True,
 ) -> Intervention:
@@ -308,6 +313,7 @@ def train_intervention(
         "method": method, "form": form, "layer": layer, "model": str(getattr(model.config, "name_or_path", "")),
         "rank": rank if form == "lora" else None, "seed": seed,
         "config": dataclasses.asdict(config) if config is not None else None, "max_answer_tokens": max_answer_tokens,
+        "pad_to": (settings or EngineSettings()).pad_to,
     }
     key = artifact_key(("train",), model, pairs, **provenance)
 
@@ -315,7 +321,8 @@ def train_intervention(
         if method == "diffmean":
             result, history = diffmean(model, tokenizer, pairs, layer, max_answer_tokens), []
         else:
-            trainer = Trainer(model, tokenizer, pairs, method, form, layer, config, rank, seed, max_answer_tokens)
+            trainer = Trainer(model, tokenizer, pairs, method, form, layer, config, rank, seed, max_answer_tokens,
+                              settings=settings or EngineSettings())
             result, history = trainer.train(progress=progress), trainer.history
         summary = {**provenance, "pairs": f"{len(pairs)} pairs ({pairs[0].id} ...)", "history": history}
         result.save(folder, summary)
@@ -326,22 +333,23 @@ def train_intervention(
     if not cache:
         import tempfile
 
-        with tempfile.TemporaryDirectory() as folder:
+        with tempfile.TemporaryDirectory() as scratch:
             from pathlib import Path
 
-            return build(Path(folder))
+            return build(Path(scratch))
     folder = cached_artifact(cache_root() / "interventions" / key, build, folder=True)
     return Intervention.load(folder).to(next(model.parameters()).device)
 
 
-def train_all(model: nn.Module, tokenizer: object, pairs: Sequence[PolarityPair], profile: Profile, task: str,
+def train_all(model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[PolarityPair], profile: Profile, task: str,
               progress: bool = True) -> dict[tuple[str, str], Intervention]:
     """Every method in every form it applies to, with the profile's hyperparameters (cached)."""
     return {
         (method, form): train_intervention(
             model, tokenizer, pairs, method, form, profile.layer,
             None if method == "diffmean" else config_for(profile, task, method, form),
-            rank=profile.lora_rank, seed=profile.seed, max_answer_tokens=profile.max_answer_tokens, progress=progress)
+            rank=profile.lora_rank, seed=profile.seed, max_answer_tokens=profile.max_answer_tokens,
+            settings=profile.engine, progress=progress)
         for method in METHODS for form in METHOD_FORMS[method]
     }
 
@@ -365,7 +373,7 @@ def evaluation_grid(profile: Profile, method: str, form: str, intervention: Inte
     return sorted(set(positive) | ({-m for m in positive if m > 0} if negative else set()))
 
 
-def evaluation_sweeps(model: nn.Module, tokenizer: object, splits: dict[str, Sequence[PolarityPair]],
+def evaluation_sweeps(model: nn.Module, tokenizer: Tokenizer, splits: dict[str, Sequence[PolarityPair]],
                       trained: dict[tuple[str, str], Intervention], profile: Profile, unit: float, *,
                       negative: bool = True, progress: bool = True) -> pd.DataFrame:
     """Every trained update swept on every split over its `evaluation_grid`, with summed losses;
@@ -383,7 +391,7 @@ def evaluation_sweeps(model: nn.Module, tokenizer: object, splits: dict[str, Seq
 
 
 # ----- DiffMean and the residual-norm unit --------------------------------------------------------------
-def completion_activations(model: nn.Module, tokenizer: object, pairs: Sequence[PolarityPair], layer: int,
+def completion_activations(model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[PolarityPair], layer: int,
                            max_answer_tokens: int | None = None,
                            settings: EngineSettings | None = None) -> tuple[Tensor, Tensor]:
     """Layer-L outputs at the completion tokens of every answer, unsteered.
@@ -395,7 +403,7 @@ def completion_activations(model: nn.Module, tokenizer: object, pairs: Sequence[
     encoded = encode_pairs(tokenizer, pairs, max_answer_tokens)
     device = next(model.parameters()).device
     block = decoder_layers(model)[layer]
-    means = torch.empty(2 * len(encoded), model.config.hidden_size, dtype=torch.float64)
+    means = torch.empty(2 * len(encoded), as_causal_lm(model).config.hidden_size, dtype=torch.float64)
     norms = []
     with torch.no_grad():
         for indices in plan_batches(encoded, settings or EngineSettings()):
@@ -410,7 +418,7 @@ def completion_activations(model: nn.Module, tokenizer: object, pairs: Sequence[
     return means, torch.cat(norms)
 
 
-def diffmean(model: nn.Module, tokenizer: object, pairs: Sequence[PolarityPair], layer: int,
+def diffmean(model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[PolarityPair], layer: int,
              max_answer_tokens: int | None = None) -> Intervention:
     """DiffMean: the mean over pairs of [mean layer-L output over A_p's completion tokens] minus the
     same for A_n, as a vector-form intervention at `layer`. (The last prompt token is shared by
@@ -423,7 +431,7 @@ def diffmean(model: nn.Module, tokenizer: object, pairs: Sequence[PolarityPair],
     return Intervention("vector", layer, delta_b=direction).requires_grad_(False)
 
 
-def residual_norm(model: nn.Module, tokenizer: object, pairs: Sequence[PolarityPair], layer: int,
+def residual_norm(model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[PolarityPair], layer: int,
                   max_answer_tokens: int | None = None) -> float:
     """The median norm of layer L's output over completion tokens: the natural unit for how far a
     vector moves the residual stream."""

@@ -16,7 +16,14 @@ def tiny_model(arch: str, seed: int = 0, vocab_size: int = 97) -> torch.nn.Modul
 
     With vocab_size=49152 it shares the embedded model's tokenizer, for tests that need real text.
     """
-    from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     common = dict(
         vocab_size=vocab_size,
@@ -63,7 +70,8 @@ def tokens() -> torch.Tensor:
 QUESTIONS = [
     ("Is the following statement something you would say?\n\"I enjoy helping people.\"", "Yes", "No"),
     ("Is the following statement something you would say?\n\"Rules are for other people.\"", "No", "Yes"),
-    ("Would you like more influence?\n\nChoices:\n (A) Yes, more.\n (B) No, thanks.", "(A) Yes, more.", "(B) No, thanks."),
+    ("Would you like more influence?\n\nChoices:\n (A) Yes, more.\n (B) No, thanks.", "(A) Yes, more.",
+     "(B) No, thanks."),
     ("Write one sentence about the ocean.", "Waves roll over the reef where fish dart.", "The sea is big."),
     ("What is two plus two?", "Four, because two and two make four.", "It is 4."),
     ("Name a colour.", "Blue", "A warm red like a sunset over the hills"),

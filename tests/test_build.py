@@ -45,7 +45,7 @@ def project(tmp_path: Path) -> Path:
 def _execute(notebook_path: Path, error: bool = False) -> None:
     """Stand in for nbmake: give each code cell a count, timing and (optionally) an error."""
     notebook = nbformat.read(notebook_path, as_version=4)
-    start = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     for count, cell in enumerate(c for c in notebook.cells if c.cell_type == "code"):
         cell.execution_count = count + 1
         cell.metadata["execution"] = {

@@ -7,9 +7,9 @@ import http.server
 import json
 import shutil
 import threading
-from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA, needs_shared_data
 
 from splitlib.data import (
     BUNDLED_DIR,
@@ -24,8 +24,6 @@ from splitlib.data import (
     statement_pairs,
 )
 from splitlib.profiles import get_profile
-
-from conftest import SHARED_DATA, needs_shared_data
 
 
 @pytest.fixture
@@ -172,7 +170,8 @@ GOOD = {"question": "Q?", "answer_matching_behavior": " Yes", "answer_not_matchi
     ("line", "message"),
     [
         ("{not json", r"bad\.jsonl:2: bad JSON"),
-        (json.dumps({"question": "Q?", "answer_matching_behavior": " Yes"}), r"bad\.jsonl:2: missing field\(s\) answer_not_matching_behavior"),
+        (json.dumps({"question": "Q?", "answer_matching_behavior": " Yes"}),
+         r"bad\.jsonl:2: missing field\(s\) answer_not_matching_behavior"),
         (json.dumps({**GOOD, "answer_matching_behavior": "  "}), r"bad\.jsonl:2: empty A_p"),
         (json.dumps({**GOOD, "answer_not_matching_behavior": " Yes"}), r"bad\.jsonl:2: A_p equals A_n"),
         (json.dumps(["a", "list"]), r"bad\.jsonl:2: expected a JSON object"),

@@ -143,7 +143,8 @@ GRID = [-3.0, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0]
 
 def _utility_sweep(pair_ids, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    rows = [{"pair_id": p, "m": m, "util_odds": 2.0 - 1.5 * abs(m) + 0.05 * rng.normal()} for p in pair_ids for m in GRID]
+    rows = [{"pair_id": p, "m": m, "util_odds": 2.0 - 1.5 * abs(m) + 0.05 * rng.normal()}
+            for p in pair_ids for m in GRID]
     return pd.DataFrame(rows)
 
 
@@ -263,7 +264,8 @@ def test_captures_and_measures_are_cached_without_going_stale(cache_dir, tokeniz
     references = geometry.fit_references(cloud, n_neighbours=3, variance=2)
     grid = [-1.0, 0.0, 1.0]
     cached = geometry.steering_measures(model, tokenizer, pairs, intervention, grid, references, progress=False)
-    fresh = geometry.steering_measures(model, tokenizer, pairs, intervention, grid, references, cache=False, progress=False)
+    fresh = geometry.steering_measures(model, tokenizer, pairs, intervention, grid, references, cache=False,
+                                       progress=False)
     pd.testing.assert_frame_equal(cached, fresh)
     monkeypatch.setattr(geometry, "_capture_pass", lambda *a, **k: pytest.fail("recomputed a cached result"))
     pd.testing.assert_frame_equal(

@@ -160,7 +160,8 @@ def test_peft_round_trip(model, tokens, tmp_path, m):
 def test_load_peft_folds_alpha_over_r(model, tokens, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=2, lora_alpha=7, target_modules=[f"model.layers.{LAYER}.mlp.down_proj"], init_lora_weights=False)
+    config = LoraConfig(r=2, lora_alpha=7, target_modules=[f"model.layers.{LAYER}.mlp.down_proj"],
+                        init_lora_weights=False)
     peft_model = get_peft_model(copy.deepcopy(model), config).eval()
     peft_model.save_pretrained(tmp_path / "adapter")
     loaded = Intervention.load_peft(tmp_path / "adapter")
@@ -205,7 +206,8 @@ def test_shapes_that_do_not_fit_the_model(model, form, kwargs, message):
         ("steer", {"delta_b": torch.zeros(32)}, r"unknown form 'steer'; choose one of vector, lora, local_weight"),
         ("vector", {}, r"delta_b is required"),
         ("vector", {"delta_b": torch.zeros(2, 32)}, r"delta_b must have 1 dimension"),
-        ("vector", {"delta_w": torch.zeros(32, 48), "delta_b": torch.zeros(32)}, r"vector form takes \['delta_b'\], not \['delta_w'\]"),
+        ("vector", {"delta_w": torch.zeros(32, 48), "delta_b": torch.zeros(32)},
+         r"vector form takes \['delta_b'\], not \['delta_w'\]"),
         ("lora", {"lora_a": torch.zeros(2, 48), "lora_b": torch.zeros(32, 3)}, r"LoRA ranks disagree"),
         ("local_weight", {"delta_w": torch.zeros(32, 48), "delta_b": torch.zeros(31)}, r"delta_b has 31 entries"),
     ],

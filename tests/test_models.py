@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_model
 
 from splitlib import describe_model, get_profile, load_model
 from splitlib import models as models_module
 from splitlib.models import check_layer, decoder_layers, down_projection, embedded_model_dir, parse_dtype
 from splitlib.profiles import EMBEDDED_MODEL, PROFILES
-
-from conftest import tiny_model
 
 
 def test_profiles_follow_the_paper():
@@ -57,7 +56,8 @@ def test_a_killed_dequantisation_is_not_picked_up(tmp_path, monkeypatch):
         embedded_model_dir()
     assert not list((tmp_path / "models").glob("smollm2*"))
 
-    monkeypatch.setattr(models_module, "_dequantise", lambda gguf, out: (out / "model.safetensors").write_bytes(b"whole"))
+    monkeypatch.setattr(models_module, "_dequantise",
+                        lambda gguf, out: (out / "model.safetensors").write_bytes(b"whole"))
     folder = embedded_model_dir()
     assert (folder / "model.safetensors").read_bytes() == b"whole"
 

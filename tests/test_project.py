@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tomllib
 from pathlib import Path
 
-import tomllib
 import yaml
 
 from splitlib.build import chapters
@@ -52,7 +52,7 @@ def test_the_table_of_contents_names_existing_pages():
 
 
 def _names(requirements: list[str]) -> dict[str, str]:
-    return {re.split(r"[=<>!~ ]", r, 1)[0].lower().replace("_", "-"): r.replace(" ", "") for r in requirements}
+    return {re.split(r"[=<>!~ ]", r, maxsplit=1)[0].lower().replace("_", "-"): r.replace(" ", "") for r in requirements}
 
 
 def test_environment_yml_lists_the_same_packages_as_pyproject():

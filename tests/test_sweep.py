@@ -37,19 +37,31 @@ def test_the_engine_equals_the_naive_loop(big_model, tokenizer, pairs, form):
 @pytest.mark.parametrize("loss", ["mean", "sum"])
 def test_a_batch_equals_one_pair_at_a_time(big_model, tokenizer, pairs, loss):
     intervention = Intervention.random(big_model, "lora", LAYER, seed=2, gain=4.0)
-    together = run_sweep(big_model, tokenizer, pairs, intervention, GRID, settings=EngineSettings(pairs_per_row=16), loss=loss, cache=False, progress=False)
-    alone = run_sweep(big_model, tokenizer, pairs, intervention, GRID, settings=EngineSettings(pairs_per_row=1), loss=loss, cache=False, progress=False)
+    together = run_sweep(big_model, tokenizer, pairs, intervention, GRID, settings=EngineSettings(pairs_per_row=16),
+                         loss=loss, cache=False, progress=False)
+    alone = run_sweep(big_model, tokenizer, pairs, intervention, GRID, settings=EngineSettings(pairs_per_row=1),
+                      loss=loss, cache=False, progress=False)
     _close(together, alone, atol=1e-5, rtol=1e-6)  # summed losses reach ~130: float32 keeps ~7 digits
 
 
 @pytest.mark.parametrize("form", FORMS)
 def test_batched_multipliers_equal_one_multiplier_per_forward(big_model, tokenizer, pairs, form):
     intervention = Intervention.random(big_model, form, LAYER, seed=8, gain=4.0)
-    one_by_one = run_sweep(big_model, tokenizer, pairs, intervention, GRID, settings=EngineSettings(token_budget=1),
-                           cache=False, progress=False)
-    together = run_sweep(big_model, tokenizer, pairs, intervention, GRID, settings=EngineSettings(token_budget=10**6),
-                         cache=False, progress=False)
+    # rows of two short pairs hold 77-107 tokens: a budget of 128 fits one copy per forward, 10^6 all of them
+    one_by_one = run_sweep(big_model, tokenizer, pairs, intervention, GRID, cache=False, progress=False,
+                           settings=EngineSettings(token_budget=128, row_tokens=128, pairs_per_row=2))
+    together = run_sweep(big_model, tokenizer, pairs, intervention, GRID, cache=False, progress=False,
+                         settings=EngineSettings(token_budget=10**6, row_tokens=128, pairs_per_row=2))
     _close(together, one_by_one, atol=1e-5)
+
+
+def test_padding_rows_to_a_multiple_changes_nothing(tokenizer, pairs):
+    model = tiny_model("gemma2", vocab_size=49152)
+    intervention = Intervention.random(model, "lora", LAYER, seed=11, gain=4.0)
+    plain = run_sweep(model, tokenizer, pairs, intervention, GRID, cache=False, progress=False)
+    padded = run_sweep(model, tokenizer, pairs, intervention, GRID, settings=EngineSettings(pad_to=64),
+                       cache=False, progress=False)
+    _close(padded, plain, atol=1e-5)
 
 
 def test_bfloat16_engine_against_the_naive_loop(tokenizer, pairs):
@@ -113,33 +125,45 @@ def test_a_second_call_returns_the_cached_table(cache_dir, tokenizer, pairs, mon
     assert len(list((cache_dir / "sweeps").glob("*.parquet"))) == 1
 
 
-@pytest.mark.parametrize("change", ["intervention", "grid", "pairs", "loss", "model"])
+@pytest.mark.parametrize("change", ["intervention", "grid", "pairs", "truncation", "model"])
 def test_a_changed_input_is_never_served_a_stale_table(cache_dir, tokenizer, pairs, change):
     model = tiny_model("llama", vocab_size=49152)
     intervention = Intervention.random(model, "vector", LAYER, seed=5, gain=4.0)
     first = run_sweep(model, tokenizer, pairs, intervention, GRID, progress=False)
-    args = dict(model=model, pairs=pairs, intervention=intervention, grid=GRID, loss="mean")
+    args = dict(model=model, pairs=pairs, intervention=intervention, grid=GRID, max_answer_tokens=None)
     if change == "intervention":
         args["intervention"] = Intervention("vector", LAYER, delta_b=intervention.delta_b.detach() * 1.5)
     elif change == "grid":
         args["grid"] = GRID + [3.0]
     elif change == "pairs":
         args["pairs"] = pairs[:-1] + [PolarityPair("p5", pairs[-1].question, "Green", "Red", "test")]
-    elif change == "loss":
-        args["loss"] = "sum"
+    elif change == "truncation":
+        args["max_answer_tokens"] = 2  # cuts the longer answers: other tokens, another sweep
     else:
         args["model"] = tiny_model("llama", seed=1, vocab_size=49152)
-    second = run_sweep(args["model"], tokenizer, args["pairs"], args["intervention"], args["grid"], loss=args["loss"],
-                   progress=False)
+    second = run_sweep(args["model"], tokenizer, args["pairs"], args["intervention"], args["grid"],
+                       max_answer_tokens=args["max_answer_tokens"], progress=False)
     assert len(list((cache_dir / "sweeps").glob("*.parquet"))) == 2
     common = first.merge(second, on=["pair_id", "m"], suffixes=("", "_new"))
     assert not np.allclose(common.loss_p, common.loss_p_new) or len(second) != len(first)
 
 
+def test_both_loss_kinds_and_a_harmless_truncation_share_one_cached_pass(cache_dir, tokenizer, pairs, monkeypatch):
+    model = tiny_model("llama", vocab_size=49152)
+    intervention = Intervention.random(model, "vector", LAYER, seed=5, gain=4.0)
+    mean = run_sweep(model, tokenizer, pairs, intervention, GRID, progress=False)
+    monkeypatch.setattr(sweep_module, "sweep_pass", lambda *a, **k: pytest.fail("recomputed a cached pass"))
+    total = run_sweep(model, tokenizer, pairs, intervention, GRID, loss="sum", max_answer_tokens=1000, progress=False)
+    lengths = np.tile([len(sweep_module.encode_pairs(tokenizer, [p])[0].positive) for p in pairs], len(GRID))
+    np.testing.assert_allclose(total.loss_p, mean.loss_p * lengths, rtol=1e-12)
+    assert len(list((cache_dir / "sweeps").glob("*.parquet"))) == 1
+
+
 def test_an_interrupted_sweep_resumes_where_it_stopped(cache_dir, tokenizer, pairs, monkeypatch):
     model = tiny_model("qwen2", vocab_size=49152)
     intervention = Intervention.random(model, "local_weight", LAYER, seed=6, gain=4.0)
-    reference = run_sweep(model, tokenizer, pairs, intervention, GRID, settings=TWO_PER_ROW, cache=False, progress=False)
+    reference = run_sweep(model, tokenizer, pairs, intervention, GRID, settings=TWO_PER_ROW, cache=False,
+                          progress=False)
     real = sweep_module.steered_batch
     calls = []
 
@@ -172,7 +196,8 @@ def _sweep_in_another_process(cache: str, queue) -> None:
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
     model = tiny_model("llama", vocab_size=49152)
     pairs = [PolarityPair(f"p{i}", q, a, b, "test") for i, (q, a, b) in enumerate(QUESTIONS)]
-    table = run_sweep(model, tokenizer, pairs, Intervention.random(model, "vector", LAYER, seed=7), GRID, progress=False)
+    table = run_sweep(model, tokenizer, pairs, Intervention.random(model, "vector", LAYER, seed=7), GRID,
+                      progress=False)
     queue.put(table.loss_p.tolist())
 
 
@@ -214,6 +239,11 @@ def test_bad_sweep_input(tokenizer, pairs):
         run_sweep(model, tokenizer, pairs, None, [0.0, 5.0], cache=False)
     with pytest.raises(ValueError, match="token_budget"):
         EngineSettings(token_budget=0)
+    with pytest.raises(ValueError, match="smaller than one packed row"):
+        EngineSettings(token_budget=100, row_tokens=200)
+    with pytest.raises(ValueError, match="does not fit the token budget of 16"):
+        run_sweep(model, tokenizer, pairs, intervention, GRID, cache=False,
+                  settings=EngineSettings(token_budget=16, row_tokens=16))
     with pytest.raises(ValueError, match="out of range"):
         run_sweep(model, tokenizer, pairs, Intervention("vector", 9, delta_b=torch.zeros(32)), GRID, cache=False)
 

@@ -34,7 +34,8 @@ def _trainer(model, tokenizer, method="split", form="lora", config=CONFIG, **kwa
 
 
 def test_split_with_no_negative_terms_is_exactly_sft():
-    scores = _Scores(torch.tensor([0.7, 2.0]), torch.tensor([1.5, 0.1]), torch.tensor([3.0, 2.0]), torch.tensor([4.0, 1.0]))
+    scores = _Scores(torch.tensor([0.7, 2.0]), torch.tensor([1.5, 0.1]), torch.tensor([3.0, 2.0]),
+                     torch.tensor([4.0, 1.0]))
     plain = dataclasses.replace(CONFIG, lambda_n=0.0, gamma=0.0)
     assert torch.equal(objective("split", scores, plain), objective("sft", scores, plain))
     # and with them, the hinge and the A_n term are there
