@@ -31,7 +31,7 @@ from .interventions import (
 from .models import ModelInfo, decoder_layers, describe_model, down_projection, encode_chat, generate, load_model
 from .profiles import PROFILES, EngineSettings, Profile, get_profile
 from .scoring import choose_multiplier, summarise
-from .sweep import naive_sweep, run_sweep
+from .sweep import naive_sweep, precision_noise, run_sweep
 from .train import (
     METHOD_FORMS,
     METHODS,
@@ -67,6 +67,7 @@ __all__ = [
     "diffmean",
     "load_task",
     "naive_sweep",
+    "precision_noise",
     "residual_norm",
     "run_sweep",
     "summarise",

@@ -92,8 +92,9 @@ class PairBatch:
         if times == 1:
             return self
         offsets = torch.arange(times, device=self.rows.device).repeat_interleave(len(self.rows)) * self.n_rows
-        if self.allowed is not None:
-            allowed = self.allowed.repeat(times, 1, 1, 1)
+        if self.allowed is not None:  # one packed row: copies share its memory (an expanded view)
+            allowed = (self.allowed.expand(times, -1, -1, -1) if self.n_rows == 1
+                       else self.allowed.repeat(times, 1, 1, 1))
             mask = packed_attention_mask(model, allowed, next(model.parameters()).dtype)
         else:
             assert isinstance(self.attention_mask, Tensor)  # rows not packed: a 2-D padding mask

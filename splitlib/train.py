@@ -192,8 +192,10 @@ class Trainer:
             return out
 
         layer_output = stack("layer_output")
+        # the vector form ignores h: no need to gather the (wide) down-projection inputs
+        h = layer_output if intervention.form == "vector" else stack("mlp_hidden")
         with intervention.apply(self.model, multipliers, dropout=dropout) as live:
-            shift = live.shift(intervention.delta(stack("mlp_hidden")), layer_output.dtype)
+            shift = live.shift(intervention.delta(h), layer_output.dtype)
         post_norm = self._post_norm()
         if intervention.form == "vector" or post_norm is None:
             return layer_output + shift
