@@ -270,7 +270,7 @@ def precision_noise(model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[Pola
     def in_precision(wanted: torch.dtype) -> nn.Module:
         return model if next(model.parameters()).dtype == wanted else copy.deepcopy(model).to(wanted)
 
-    options: dict[str, Any] = dict(loss=loss, settings=settings, cache=False, progress=False)
+    options: dict[str, Any] = dict(loss=loss, settings=settings, progress=False)  # cached: shared with sweeps
     exact = run_sweep(in_precision(torch.float32), tokenizer, pairs, intervention, multipliers, **options)
     rounded = run_sweep(in_precision(dtype), tokenizer, pairs, intervention, multipliers, **options)
     difference = exact[["m", "pref_odds", "util_odds"]].assign(

@@ -378,18 +378,19 @@ def evaluation_grid(profile: Profile, method: str, form: str, intervention: Inte
 def evaluation_sweeps(model: nn.Module, tokenizer: Tokenizer, splits: dict[str, Sequence[PolarityPair]],
                       trained: dict[tuple[str, str], Intervention], profile: Profile, unit: float, *,
                       negative: bool = True, progress: bool = True) -> pd.DataFrame:
-    """Every trained update swept on every split over its `evaluation_grid`, with summed losses;
-    one table with method and form columns. Each sweep is cached, so chapters that ask for the
-    same ones share them."""
+    """Every trained update swept on every split over its `evaluation_grid` (both signs of m),
+    with summed losses; one table with method and form columns, restricted to m >= 0 unless
+    `negative`. Each sweep is cached whole, so chapters that ask for either side share it."""
     tables = []
     for (method, form), intervention in trained.items():
-        grid = evaluation_grid(profile, method, form, intervention, unit, negative)
+        grid = evaluation_grid(profile, method, form, intervention, unit, negative=True)
         for split, pairs in splits.items():
             table = run_sweep(model, tokenizer, pairs, intervention, grid, split=split, loss="sum",
                               max_answer_tokens=profile.max_answer_tokens, settings=profile.engine,
                               progress=progress)
             tables.append(table.assign(method=method, form=form))
-    return pd.concat(tables, ignore_index=True)
+    results = pd.concat(tables, ignore_index=True)
+    return results if negative else results[results.m >= 0].reset_index(drop=True)
 
 
 # ----- DiffMean and the residual-norm unit --------------------------------------------------------------

@@ -248,7 +248,7 @@ def test_bad_sweep_input(tokenizer, pairs):
         run_sweep(model, tokenizer, pairs, Intervention("vector", 9, delta_b=torch.zeros(32)), GRID, cache=False)
 
 
-def test_precision_noise_is_zero_in_the_same_precision_and_small_in_bfloat16(tokenizer, pairs):
+def test_precision_noise_is_zero_in_the_same_precision_and_small_in_bfloat16(cache_dir, tokenizer, pairs):
     from splitlib.sweep import precision_noise
 
     model = tiny_model("llama", vocab_size=49152)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pandas as pd
 import pytest
 import torch
 from conftest import tiny_model
@@ -167,3 +168,19 @@ def test_config_for_derives_the_baselines_from_split():
     assert (sft.lambda_n, sft.gamma) == (0.0, 0.0)
     assert config_for(profile, "psychopathy", "reps", "local_weight").pair_types == ("add", "sub")
     assert config_for(profile, "psychopathy", "split", "lora") == profile.split_configs[("psychopathy", "lora")]
+
+
+def test_evaluation_sweeps_share_one_cached_sweep_per_split_for_both_sides(cache_dir, tokenizer):
+    from splitlib.profiles import get_profile
+    from splitlib.train import evaluation_grid, evaluation_sweeps
+
+    model = tiny_model("llama", vocab_size=49152)
+    profile = dataclasses.replace(get_profile("cpu"), layer=LAYER, vector_grid=(-2.0, -1.0, 0.0, 1.0, 2.0))
+    trained = {("sft", "vector"): Intervention.random(model, "vector", LAYER, seed=3, gain=4.0)}
+    splits = {"train": PAIRS[:3], "test": PAIRS[3:]}
+    both = evaluation_sweeps(model, tokenizer, splits, trained, profile, unit=1.0, progress=False)
+    assert sorted(both.m.unique()) == evaluation_grid(profile, "sft", "vector", trained[("sft", "vector")], 1.0)
+    assert len(list((cache_dir / "sweeps").glob("*.parquet"))) == len(splits)
+    positive = evaluation_sweeps(model, tokenizer, splits, trained, profile, unit=1.0, negative=False, progress=False)
+    assert len(list((cache_dir / "sweeps").glob("*.parquet"))) == len(splits), "served from the same sweeps"
+    pd.testing.assert_frame_equal(positive, both[both.m >= 0].reset_index(drop=True))
