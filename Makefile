@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine with only the package registry:
 #   make book   set up .venv, execute the chapters that changed, build the HTML into _build/html
-#   make test   set up .venv, lint and type-check, run the test suite and every chapter (nbmake), build the HTML with -W
+#   make test   set up .venv, lint and type-check, run the test suite and every chapter (nbmake), build the HTML with -W,
+#               then open every page in headless Chromium (tests/browser; screenshots in _build/screenshots)
 # Pick a profile with SPLITLIB_PROFILE=<name> (default cpu); each profile has its own outputs.
 
 SHELL := /bin/bash
@@ -14,6 +15,7 @@ NB_TIMEOUT := 900
 TORCH := $(shell python3 -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); print(next(p for p in d['project']['dependencies'] if p.startswith('torch==')))")
 NO_DEPS := $(shell python3 -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['tool']['splitlib']['no-deps']))")
 NBMAKE := -p no:cacheprovider --nbmake --nbmake-timeout=$(NB_TIMEOUT) --overwrite
+HTML := _build/$(if $(filter cpu,$(PROFILE)),html,html-$(PROFILE))
 
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export SPLITLIB_PROFILE := $(PROFILE)
@@ -49,9 +51,10 @@ test: setup
 	$(PY) -m ruff check splitlib tests
 	$(PY) -m mypy splitlib
 	$(PY) -m splitlib.build prepare --force > /dev/null
-	$(PY) -m pytest tests _notebooks/$(PROFILE) $(NBMAKE)
+	$(PY) -m pytest tests _notebooks/$(PROFILE) $(NBMAKE) --ignore=tests/browser
 	$(PY) -m splitlib.build record
 	$(PY) -m splitlib.build html
+	$(PY) -m pytest tests/browser -p no:cacheprovider --site $(HTML)
 
 clean:
 	rm -rf _build _notebooks

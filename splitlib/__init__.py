@@ -5,8 +5,10 @@ One module per idea: `profiles` (which model, layer and sizes), `models` (loadin
 `scoring` (losses and the two log-odds), `engine` (the two-part forward: packed rows, batched
 multipliers, capture), `sweep` (the m-sweep table), `train` (SFT, RePS, SPLIT and DiffMean),
 `fit` (rational-quadratic decay fits), `geometry` (the activation manifold, measured), `attention`
-(masks for packed rows), `cache` (atomic, content-keyed artifacts), `plots` (the book's figures),
-`build` (executing and rendering the book) and `bench` (speed measurements).
+(masks for packed rows), `cache` (atomic, content-keyed artifacts), `checks` (the argument checks
+every entry point shares), `plots` (the book's figures), `build` (executing and rendering the book),
+`browse` (the rendered pages, checked in headless Chromium), `interop` (reference-code files,
+llama.cpp control vectors, peft adapters, merged checkpoints, provenance) and `bench` (speed measurements).
 """
 import warnings
 
@@ -16,9 +18,9 @@ import warnings
 warnings.filterwarnings("ignore", message="IProgress not found")
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 
-from . import book, data, fit, geometry, plots  # noqa: E402
+from . import book, data, fit, geometry, interop, plots  # noqa: E402
 from .cache import cache_root
-from .data import TASKS, PolarityPair, TaskData, load_task
+from .data import TASKS, DataError, PolarityPair, TaskData, load_pairs, load_task
 from .interventions import (
     FORMS,
     Applied,
@@ -66,6 +68,9 @@ __all__ = [
     "geometry",
     "diffmean",
     "load_task",
+    "load_pairs",
+    "DataError",
+    "interop",
     "naive_sweep",
     "precision_noise",
     "residual_norm",

@@ -306,7 +306,7 @@ def psychopathy_pairs(profile: Profile) -> tuple[list, list, str]:
 
     try:
         task = load_task("psychopathy", profile)
-    except DataError:
+    except (DataError, FileNotFoundError):  # a paper profile without the real file stops in load_task
         sizes = SplitSizes(96, 48)
         task = load_task("psychopathy", replace(profile, splits={**profile.splits, "psychopathy": sizes}),
                          source="bundled")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from .profiles import Profile
+from .profiles import Profile, TrainConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,3 +49,37 @@ def table(frame: pd.DataFrame, formats: Mapping[str, str] | None = None) -> Styl
     numeric = [c for c in frame.columns if frame[c].dtype.kind in "fc"]
     chosen = {column: DEFAULT_FORMAT for column in numeric} | dict(formats or {})
     return frame.style.format({c: f for c, f in chosen.items() if c in frame.columns}).hide(axis="index")
+
+
+def interval_table(frame: pd.DataFrame, value: str, index: list[str], columns: str,
+                   labels: Mapping[str, str] | None = None, caption: str = "") -> Styler:
+    """`value` with its interval (the columns `<value>_low`, `<value>_high`) written "+0.12
+    [+0.01, +0.20]", one row per `index` and one column per value of `columns` (renamed by `labels`)."""
+    shown = [f"{v:+.2f} [{low:+.2f}, {high:+.2f}]"
+             for v, low, high in zip(frame[value], frame[f"{value}_low"], frame[f"{value}_high"], strict=True)]
+    wide = (frame.assign(shown=shown)
+            .pivot_table(index=index, columns=columns, values="shown", aggfunc="first", sort=False)
+            .rename(columns=dict(labels or {})).reset_index())
+    wide.columns.name = None
+    return table(wide).set_caption(caption)
+
+
+def hyperparameter_table(configs: Mapping[tuple[str, str], TrainConfig]) -> Styler:
+    """One row per (method, form) with the settings that differ between them; the settings all
+    share are named once, in the caption, so the table fits the page."""
+    import pandas as pd
+
+    rows = pd.DataFrame([{"method": method, "form": form, **{k: _short(v) for k, v in vars(config).items()}}
+                         for (method, form), config in configs.items()])
+    settings = list(rows.columns[2:])
+    varying = [name for name in settings if rows[name].nunique() > 1]
+    shared = ", ".join(f"{name} = {rows[name].iloc[0]}" for name in settings if name not in varying)
+    return table(rows[["method", "form", *varying]]).set_caption(f"The same for every row: {shared}.")
+
+
+def _short(value: object) -> object:
+    """A tuple as short text: long numeric grids as their first two values, an ellipsis, the last."""
+    if not isinstance(value, tuple):
+        return value
+    shown = [f"{v:g}" if isinstance(v, float) else str(v) for v in value]
+    return ", ".join(shown) if len(shown) <= 4 else f"{shown[0]}, {shown[1]}, …, {shown[-1]} ({len(shown)} values)"

@@ -2,37 +2,44 @@
 
 jupyter-book's own cache keys a notebook on its code cells only, so a change in splitlib or a
 switch of profile would silently serve stale outputs. Here a chapter's executed notebook is keyed
-on the chapter's whole text, every source file of the package, the project's data folder and the
-profile; each profile has its own folders:
+on the chapter's whole text, every source file of the package and the project's data folder, every
+field of the resolved profile (a built-in or a profile file) and which real data files it will
+read (by checksum); each profile has its own folders, named after it:
 
     _notebooks/<profile>/<chapter>.ipynb   executed notebooks (nbmake runs here)
     _build/<profile>/site/                 the book as Sphinx sees it (executed chapters staged in)
-    _build/html (cpu) or _build/html-<profile>   the HTML
+    _build/html (cpu) or _build/html-<profile>   the HTML, with MathJax served from its own _static/
 
-Usage: python -m splitlib.build {prepare,record,html} [--profile NAME] [--force]
+Usage: python -m splitlib.build {prepare,record,html,timeout,notebook-dir,html-dir} [--profile NAME|FILE] [--force]
+(`timeout` prints the profile's per-cell timeout for nbmake; the two -dir steps print its folders.)
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import data
 from .cache import stable_hash
-from .data import DATA_ENV
-from .profiles import DEFAULT_PROFILE, get_profile
+from .profiles import DEFAULT_PROFILE, DeviceError, Profile, ProfileError, get_profile, profile_toml
 
 if TYPE_CHECKING:
     from nbformat import NotebookNode
 
+ProfileSpec = str | Profile  # a profile, a built-in profile's name, or a profile file's path
+
 ROOT = Path(__file__).resolve().parent.parent
 STATUS_MARKER = "<!-- chapter-times -->"
 FINGERPRINTED = ("splitlib", "data", "pyproject.toml")
+# MathJax 3.2.2 as shipped by this pinned package (pyproject's book extras); _config.yml's
+# mathjax_path points into the copy `html` puts in the site, so equations render offline.
+MATHJAX_PACKAGE = "sphinx-mathjax-offline"
+MATHJAX_FILES = "sphinx-mathjax-offline/static/mathjax"
 
 
 def chapters(root: Path = ROOT) -> list[Path]:
@@ -61,76 +68,115 @@ def package_fingerprint(root: Path = ROOT) -> str:
     return digest.hexdigest()[:16]
 
 
-def execution_key(chapter: Path, profile: str, root: Path = ROOT) -> str:
-    """What determines a chapter's outputs: its text, the package, the data and the profile."""
+def resolved(profile: ProfileSpec) -> Profile:
+    return profile if isinstance(profile, Profile) else get_profile(profile)
+
+
+def execution_key(chapter: Path, profile: ProfileSpec, root: Path = ROOT) -> str:
+    """What determines a chapter's outputs: its text, the package, every field of the profile and
+    the real data files it will read."""
+    chosen = resolved(profile)
     return stable_hash({
         "chapter": chapter.read_text(),
-        "package": package_fingerprint(root),
-        "profile": profile,
-        "data_folder": os.environ.get(DATA_ENV, ""),  # real data (checksummed files) or the bundled sets
+        "package": package_fingerprint(root),  # includes data/, the bundled sets
+        "profile": {"name": chosen.name, "fields": profile_toml(chosen)},
+        "data": data_state(),
     })
 
 
-def notebook_dir(profile: str, root: Path = ROOT) -> Path:
-    return root / "_notebooks" / profile
+def data_state() -> dict[str, str]:
+    """The pinned sha256 of each real data file a chapter would read now, or "absent" where there
+    is none at hand (chapters then fall back to the bundled sets); found without a download."""
+    return {name: remote.sha256 if data.local_real_file(name) else "absent"
+            for name, remote in data.REMOTE_FILES.items()}
 
 
-def prepare(profile: str, root: Path = ROOT, force: bool = False) -> list[Path]:
+def fetch_data(profile: Profile) -> None:
+    """Get every real data file before any chapter runs, so that the keys name the data the chapters
+    will read. A paper profile without its data stops here, with both ways to get it; otherwise each
+    missing file is reported with why, and the chapters use the bundled sets."""
+    missing = {}
+    for name in data.REMOTE_FILES:
+        try:
+            data.real_file(name)
+        except FileNotFoundError as error:
+            missing[name] = str(error)
+    needed = [name for name in missing if name in data.TASKS]
+    if profile.paper_setup and needed:
+        raise FileNotFoundError(f"profile {profile.name!r} runs at the paper's sizes and needs the real data of "
+                                f"{', '.join(needed)}. {missing[needed[0]]}")
+    for why in missing.values():
+        print(f"splitlib: {why} Until then the chapters use the bundled sets.", file=sys.stderr)
+
+
+def notebook_dir(profile: ProfileSpec, root: Path = ROOT) -> Path:
+    return root / "_notebooks" / resolved(profile).name
+
+
+def prepare(profile: ProfileSpec, root: Path = ROOT, force: bool = False) -> list[Path]:
     """Convert stale chapters to unexecuted notebooks; return the notebooks that must run."""
-    import jupytext
-    import nbformat
-
-    out = notebook_dir(profile, root)
+    chosen = resolved(profile)
+    out = notebook_dir(chosen, root)
     out.mkdir(parents=True, exist_ok=True)
     wanted = {chapter.stem for chapter in chapters(root)}
     for leftover in out.glob("*.ipynb"):
         if leftover.stem not in wanted:
             leftover.unlink()
-    stale = []
-    for chapter in chapters(root):
-        target = out / f"{chapter.stem}.ipynb"
-        key = execution_key(chapter, profile, root)
-        if not force and target.exists() and _stamp(nbformat.read(target, as_version=4)).get("key") == key:
-            continue
-        notebook = jupytext.read(chapter)
-        notebook.metadata["splitlib"] = {"pending_key": key, "profile": profile}
-        nbformat.write(notebook, target)
-        stale.append(target)
-    return stale
+    targets = [(chapter, out / f"{chapter.stem}.ipynb") for chapter in chapters(root)]
+    return [target for chapter, target in targets if prepare_chapter(chapter, chosen, target, root, force)]
+
+
+def prepare_chapter(chapter: Path, profile: ProfileSpec, target: Path, root: Path = ROOT, force: bool = False) -> bool:
+    """Write `chapter` as an unexecuted notebook at `target`, unless an executed one with the same
+    key is there already; True if it must run."""
+    import jupytext
+    import nbformat
+
+    key = execution_key(chapter, profile, root)
+    if not force and target.exists() and _stamp(nbformat.read(target, as_version=4)).get("key") == key:
+        return False
+    notebook = jupytext.read(chapter)
+    notebook.metadata["splitlib"] = {"pending_key": key, "profile": resolved(profile).name}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, target)
+    return True
 
 
 def _stamp(notebook: NotebookNode) -> dict:
     return dict(notebook.metadata.get("splitlib", {}))
 
 
-def record(profile: str, root: Path = ROOT) -> list[str]:
+def record(profile: ProfileSpec, root: Path = ROOT) -> list[str]:
     """Stamp each freshly executed notebook with its key and execution time.
 
     A notebook is stamped only if every code cell ran and none raised; an unstamped notebook is
     executed again next time.
     """
+    return [target.stem for target in sorted(notebook_dir(profile, root).glob("*.ipynb"))
+            if record_notebook(target)]
+
+
+def record_notebook(target: Path) -> bool:
+    """Stamp one executed notebook (see `record`); False if it was not waiting for a stamp."""
     import nbformat
 
-    stamped = []
-    for target in sorted(notebook_dir(profile, root).glob("*.ipynb")):
-        notebook = nbformat.read(target, as_version=4)
-        stamp = _stamp(notebook)
-        if "pending_key" not in stamp:
-            continue
-        code = [cell for cell in notebook.cells if cell.cell_type == "code"]
-        if any(cell.get("execution_count") is None for cell in code) or any(
-            output.get("output_type") == "error" for cell in code for output in cell.get("outputs", [])
-        ):
-            raise RuntimeError(f"{target} was not executed cleanly; run its chapter and read the error")
-        notebook.metadata["splitlib"] = {
-            "key": stamp["pending_key"],
-            "profile": profile,
-            "seconds": round(execution_seconds(notebook), 1),
-            "executed_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        }
-        nbformat.write(notebook, target)
-        stamped.append(target.stem)
-    return stamped
+    notebook = nbformat.read(target, as_version=4)
+    stamp = _stamp(notebook)
+    if "pending_key" not in stamp:
+        return False
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    if any(cell.get("execution_count") is None for cell in code) or any(
+        output.get("output_type") == "error" for cell in code for output in cell.get("outputs", [])
+    ):
+        raise RuntimeError(f"{target} was not executed cleanly; run its chapter and read the error")
+    notebook.metadata["splitlib"] = {
+        "key": stamp["pending_key"],
+        "profile": stamp["profile"],
+        "seconds": round(execution_seconds(notebook), 1),
+        "executed_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    nbformat.write(notebook, target)
+    return True
 
 
 def execution_seconds(notebook: NotebookNode) -> float:
@@ -144,10 +190,11 @@ def execution_seconds(notebook: NotebookNode) -> float:
     return (max(ends) - min(starts)).total_seconds() if starts else float("nan")
 
 
-def status_table(profile: str, root: Path = ROOT) -> str:
+def status_table(profile: ProfileSpec, root: Path = ROOT) -> str:
     """A Markdown table of each chapter's execution time, for the status page."""
     import nbformat
 
+    profile = resolved(profile).name
     rows = ["| chapter | profile | execution time (s) | executed |", "| --- | --- | ---: | --- |"]
     total = 0.0
     for chapter in chapters(root):
@@ -159,11 +206,12 @@ def status_table(profile: str, root: Path = ROOT) -> str:
     return "\n".join(rows)
 
 
-def stage(profile: str, root: Path = ROOT) -> Path:
+def stage(profile: ProfileSpec, root: Path = ROOT) -> Path:
     """Lay out the book for Sphinx: pages from book/, chapters as their executed notebooks."""
     import nbformat
 
-    site = root / "_build" / profile / "site"
+    profile = resolved(profile)
+    site = root / "_build" / profile.name / "site"
     if site.exists():
         shutil.rmtree(site)
     shutil.copytree(root / "book", site / "book", ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints"))
@@ -174,7 +222,7 @@ def stage(profile: str, root: Path = ROOT) -> Path:
         if not executed.exists() or _stamp(nbformat.read(executed, as_version=4)).get("key") != execution_key(
             chapter, profile, root
         ):
-            raise RuntimeError(f"{chapter.name} has no up-to-date executed notebook for profile {profile!r}")
+            raise RuntimeError(f"{chapter.name} has no up-to-date executed notebook for profile {profile.name!r}")
         (site / "book" / chapter.name).unlink()
         shutil.copy(executed, site / "book" / executed.name)
     status = site / "book" / "status.md"
@@ -192,42 +240,82 @@ def _disable_execution(config_path: Path) -> None:
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def html_dir(profile: str, root: Path = ROOT) -> Path:
-    return root / "_build" / ("html" if profile == DEFAULT_PROFILE else f"html-{profile}")
+def html_dir(profile: ProfileSpec, root: Path = ROOT) -> Path:
+    name = resolved(profile).name
+    return root / "_build" / ("html" if name == DEFAULT_PROFILE else f"html-{name}")
 
 
-def html(profile: str, root: Path = ROOT) -> Path:
+def html(profile: ProfileSpec, root: Path = ROOT) -> Path:
     """Stage the book and build its HTML with Sphinx warnings as errors."""
+    profile = resolved(profile)
     site = stage(profile, root)
     bin_dir = Path(sys.executable).parent
     subprocess.run([str(bin_dir / "jupyter-book"), "config", "sphinx", str(site)], check=True)
     out = html_dir(profile, root)
     if out.exists():
         shutil.rmtree(out)  # no page or image of an earlier build survives
-    doctrees = root / "_build" / profile / "doctrees"
+    doctrees = root / "_build" / profile.name / "doctrees"
     subprocess.run(
         [str(bin_dir / "sphinx-build"), "-W", "--keep-going", "-q", "-E", "-b", "html", "-d", str(doctrees),
          str(site), str(out)],
         check=True,
     )
+    install_mathjax(out, root)
     return out
+
+
+def mathjax_source() -> Path:
+    """The folder of MathJax files inside the installed package (located by its metadata, not imported)."""
+    from importlib.metadata import distribution
+
+    return Path(str(distribution(MATHJAX_PACKAGE).locate_file(MATHJAX_FILES)))
+
+
+def install_mathjax(out: Path, root: Path = ROOT) -> Path:
+    """Copy MathJax into the site's _static/ and check that _config.yml's mathjax_path names a copied file."""
+    import yaml
+
+    target = out / "_static" / "mathjax"
+    shutil.copytree(mathjax_source(), target, dirs_exist_ok=True)
+    config = yaml.safe_load((root / "_config.yml").read_text())
+    script = out / "_static" / config["sphinx"]["config"]["mathjax_path"]
+    if not script.is_file():
+        raise RuntimeError(f"_config.yml's mathjax_path names {script.relative_to(out)}, which {MATHJAX_PACKAGE} lacks")
+    return script
+
+
+def preflight(profile: Profile) -> None:
+    """What must hold before a chapter runs, cheapest first: the profile's device exists (checked
+    before any download), then its data is fetched (`fetch_data`)."""
+    from .models import check_profile_device
+
+    check_profile_device(profile)
+    fetch_data(profile)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m splitlib.build", description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=("prepare", "record", "html"))
-    parser.add_argument("--profile", default=None, help="defaults to $SPLITLIB_PROFILE, else cpu")
+    parser.add_argument("step", choices=("prepare", "record", "html", "timeout", "notebook-dir", "html-dir"))
+    parser.add_argument("--profile", default=None, help="a name or a .toml file (default $SPLITLIB_PROFILE, else cpu)")
     parser.add_argument("--force", action="store_true", help="prepare: re-run every chapter")
     args = parser.parse_args(argv)
-    profile = get_profile(args.profile).name
-    if args.step == "prepare":
-        for path in prepare(profile, force=args.force):
-            print(path.relative_to(ROOT))  # the Makefile hands these to nbmake
-    elif args.step == "record":
-        for stem in record(profile):
-            print(f"recorded {stem}", file=sys.stderr)
-    else:
-        print(f"HTML in {html(profile).relative_to(ROOT)}", file=sys.stderr)
+    try:
+        profile = get_profile(args.profile)
+        if args.step == "prepare":
+            preflight(profile)
+            for path in prepare(profile, force=args.force):
+                print(path.relative_to(ROOT))  # the Makefile hands these to nbmake
+        elif args.step == "record":
+            for stem in record(profile):
+                print(f"recorded {stem}", file=sys.stderr)
+        elif args.step == "html":
+            print(f"HTML in {html(profile).relative_to(ROOT)}", file=sys.stderr)
+        else:
+            print({"timeout": profile.cell_timeout, "notebook-dir": notebook_dir(profile).relative_to(ROOT),
+                   "html-dir": html_dir(profile).relative_to(ROOT)}[args.step])
+    except (ProfileError, DeviceError, data.DataError, FileNotFoundError) as error:
+        print(f"splitlib.build: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -456,9 +456,12 @@ def intervention_digest(intervention: Intervention | None) -> str:
 def artifact_key(code: Sequence[str], model: nn.Module, pairs: Sequence[PolarityPair],
                  intervention: Intervention | None = None, /, **inputs: object) -> str:
     """The one way to key an artifact: the source of the modules that compute it, the model's
-    weights, its dtype and device type, the pairs, the intervention and every other input."""
+    weights, its dtype, device type and attention implementation, the pairs, the intervention and
+    every other input. On a CPU the thread count is part of it too: it changes how matrix products
+    are summed, and so the losses in their last digits (about 1e-5)."""
     parameter = next(model.parameters())
     return stable_hash({
+        "threads": torch.get_num_threads() if parameter.device.type == "cpu" else None,
         "code": source_digest(*sorted(set(code) | {"engine", "attention", "scoring", "interventions", "models"})),
         "model": model_fingerprint(model),
         "dtype": str(parameter.dtype), "device": parameter.device.type,

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize
 
+from .checks import check_number, check_positive_int
+
 PREF_PARAMS = ("alpha", "beta", "b", "m_pos", "L_pos", "p_pos", "m_neg", "L_neg", "p_neg")
 UTIL_PARAMS = ("beta_u", "b_u", "m_pos", "L_pos", "p_pos", "m_neg", "L_neg", "p_neg")
 TANH_PARAMS = ("a", "k", "c", "d")
@@ -112,9 +114,24 @@ def _check(m: np.ndarray, y: np.ndarray, n_params: int) -> str:
         return f"{len(np.unique(m))} distinct multipliers cannot determine {n_params} parameters"
     if np.ptp(y) <= 1e-12 * max(1.0, float(np.abs(y).max())):
         return "the curve is flat: there is no decay to fit"
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not (np.isfinite(np.var(y)) and np.isfinite(np.var(m))):
+            return (f"the values are too large to fit (up to {float(np.abs(y).max()):.3g} in y and "
+                    f"{float(np.abs(m).max()):.3g} in m): their variance overflows float64")
     if not (np.any(m < 0) and np.any(m > 0)):
         return "the grid must have multipliers on both sides of 0"
     return ""
+
+
+def _guarded(fit: Fit) -> Fit:
+    """`fit`, flagged if a parameter or R² came out NaN or infinite (an overflow): a fit is never
+    ok with numbers that cannot be used."""
+    bad = [name for name, value in fit.params.items() if not np.isfinite(value)]
+    if not np.isfinite(fit.r2):
+        bad.append("r2")
+    if bad and not fit.flag:
+        fit.flag = f"the fit is not finite: {', '.join(bad)} came out NaN or infinite (an overflow)"
+    return fit
 
 
 def _flagged(kind: str, names: tuple[str, ...], m: np.ndarray, y: np.ndarray, why: str) -> Fit:
@@ -133,6 +150,7 @@ def _continuity(decay_params: np.ndarray) -> float:
 
 
 def _fit(kind: str, m: np.ndarray, y: np.ndarray, restarts: int, seed: int, start: dict | None) -> Fit:
+    check_positive_int("restarts", restarts)
     names = PREF_PARAMS if kind == "preference" else UTIL_PARAMS
     why = _check(m, y, len(names))
     if why:
@@ -176,8 +194,10 @@ def _fit(kind: str, m: np.ndarray, y: np.ndarray, restarts: int, seed: int, star
         return _flagged(kind, names, m, y, "no start converged to a fit that meets the continuity constraint")
     params = [float(v) for v in _from_unit(kind, best[1], scale_m, centre, spread)]
     fit = Fit(kind, dict(zip(names, params)), 0.0, m, y, constraint_gap=best[2])
-    fit.r2 = r_squared(y, fit(m))
-    fit.derived = derived_quantities(fit)
+    with np.errstate(all="ignore"):
+        fit.r2 = r_squared(y, fit(m))
+    fit = _guarded(fit)
+    fit.derived = derived_quantities(fit)  # empty for a flagged fit
     return fit
 
 
@@ -213,6 +233,7 @@ def fit_utility(m, y, restarts: int = 8, seed: int = 0, start: dict | None = Non
 
 def fit_tanh(m, y, restarts: int = 8, seed: int = 0) -> Fit:
     """The 4-parameter tanh baseline, least squares from seeded starts."""
+    check_positive_int("restarts", restarts)
     m, y = np.asarray(m, dtype=float), np.asarray(y, dtype=float)
     why = _check(m, y, len(TANH_PARAMS))
     if why:
@@ -231,8 +252,9 @@ def fit_tanh(m, y, restarts: int = 8, seed: int = 0) -> Fit:
     a, k_, c, d = best.x
     params = {"a": float(a * spread), "k": float(k_ / scale_m), "c": float(c), "d": float(d * spread + centre)}
     fit = Fit("tanh", params, 0.0, m, y)
-    fit.r2 = r_squared(y, fit(m))
-    return fit
+    with np.errstate(all="ignore"):
+        fit.r2 = r_squared(y, fit(m))
+    return _guarded(fit)
 
 
 # ----- what the fits say -----------------------------------------------------------------------------------
@@ -270,6 +292,8 @@ def bootstrap(per_pair, column: str, kind: str, n_boot: int = 100, seed: int = 0
               x: str = "m") -> tuple[Fit, dict[str, tuple[float, float]]]:
     """The fit of the mean curve over pairs, and percentile intervals of its R² and derived
     quantities from refits of bootstrap resamples of the pairs (each warm-started at the fit)."""
+    check_positive_int("n_boot", n_boot)
+    check_number("level", level, 0, 1, open_low=True, open_high=True)
     table = per_pair.pivot_table(index="pair_id", columns=x, values=column, aggfunc="first")
     if table.isna().any().any():
         raise ValueError(f"every pair needs a {column} value at every {x} for the bootstrap")

@@ -11,6 +11,7 @@ the last index is the final norm's output, what the LM head reads.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +22,14 @@ import pandas as pd
 from torch import nn
 
 from .cache import cache_root, cached_artifact
-from .data import PolarityPair
+from .checks import check_int, check_multipliers, check_positive_int, check_type
+from .data import PolarityPair, check_pairs
 from .engine import artifact_key, encode_pairs, hidden_state_module, resolved
-from .interventions import Intervention
-from .models import decoder_layers
+from .interventions import Intervention, check_intervention
+from .models import check_layer, decoder_layers
 from .profiles import EngineSettings
 from .scoring import Tokenizer
-from .sweep import Capture, SweepResult, check_multipliers, store_sweep, sweep_key, sweep_pass
+from .sweep import Capture, SweepResult, store_sweep, sweep_key, sweep_pass
 
 if TYPE_CHECKING:
     from sklearn.covariance import LedoitWolf
@@ -84,17 +86,17 @@ class Activations:
 
 def default_hidden_states(model: nn.Module, layer: int, above: int = 4) -> tuple[int, ...]:
     """The intervention layer's output, the output `above` layers higher, and the final state."""
+    check_layer(model, layer)
+    check_int("above", above, low=0)
     n_layers = len(decoder_layers(model))
     return tuple(sorted({layer + 1, min(layer + 1 + above, n_layers), n_layers}))
 
 
 def _check_capture(model: nn.Module, pairs: Sequence[PolarityPair], intervention: Intervention | None,
                    multipliers: Sequence[float], hidden_states: Sequence[int]) -> list[float]:
-    if not pairs:
-        raise ValueError("capture needs at least one pair")
+    check_pairs(pairs, "capture")
     grid = check_multipliers(multipliers, intervention, what="capture")
-    if intervention is not None:
-        intervention.check_fits(model)
+    check_intervention(model, intervention)
     if not hidden_states:
         raise ValueError("capture needs at least one hidden state")
     for i in hidden_states:
@@ -133,8 +135,9 @@ class CaptureOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.tokens_per_answer, int) or self.tokens_per_answer < 1:
-            raise ValueError(f"tokens_per_answer must be a positive int, got {self.tokens_per_answer!r}")
+        check_positive_int("CaptureOptions.tokens_per_answer", self.tokens_per_answer)
+        check_positive_int("CaptureOptions.max_answer_tokens", self.max_answer_tokens, optional=True)
+        check_type("CaptureOptions.settings", self.settings, EngineSettings)
 
     def key_inputs(self, model: nn.Module) -> dict[str, object]:
         return {"tokens_per_answer": self.tokens_per_answer, "max_answer_tokens": self.max_answer_tokens,
@@ -174,7 +177,7 @@ def capture_activations(
                      hidden_states=np.asarray(result.hidden_states), pair_ids=np.asarray(result.pair_ids),
                      pair=result.pair, answer=result.answer, position=result.position)
 
-    with np.load(cached_artifact(cache_root() / "activations" / f"{key}.npz", write)) as stored:
+    with np.load(cached_artifact(cache_root() / "activations" / f"{key}.npz", write, made_by="capture")) as stored:
         return Activations(stored["values"], stored["multipliers"], tuple(int(i) for i in stored["hidden_states"]),
                            tuple(str(p) for p in stored["pair_ids"]), stored["pair"], stored["answer"],
                            stored["position"])
@@ -210,6 +213,11 @@ class ManifoldReference:
     probe_accuracy: float  # on the fitting data
     variance: float
     digest: str = field(default="", repr=False)
+    flag: str = ""  # empty for a trustworthy reference, else why a measure means little
+
+    @property
+    def ok(self) -> bool:
+        return not self.flag
 
     @property
     def n_components(self) -> int:
@@ -268,9 +276,13 @@ def fit_reference(x: np.ndarray, labels: np.ndarray, *, variance: float | int = 
                              f"there are {n} samples of width {width}")
     elif not 0 < float(variance) < 1:
         raise ValueError(f"variance must be a share in (0, 1) or a number of components, got {variance}")
+    _check_spread(x)
     pca = PCA(n_components=variance, svd_solver="full", random_state=seed).fit(x)
     neighbours = NearestNeighbors(n_neighbors=n_neighbours).fit(x)
     covariance = LedoitWolf().fit(x)
+    flag = _covariance_flag(covariance, width)
+    if flag:
+        warnings.warn(f"fit_reference: {flag}", RuntimeWarning, stacklevel=2)
     diffmean = x[labels == 1].mean(axis=0) - x[labels == 0].mean(axis=0)
     labelled = labels >= 0
     # Fitted in the activations' own coordinates: standardising first would let the L2 penalty
@@ -282,10 +294,40 @@ def fit_reference(x: np.ndarray, labels: np.ndarray, *, variance: float | int = 
                             + repr((variance, n_neighbours, seed)).encode())
     return ManifoldReference(
         width=width, n_samples=n, pca=pca, neighbours=neighbours, covariance=covariance,
-        diffmean_direction=diffmean / np.linalg.norm(diffmean), probe_direction=weights / np.linalg.norm(weights),
+        diffmean_direction=_unit(diffmean, "the DiffMean direction (mean of the A_p rows minus mean of the A_n rows)"),
+        probe_direction=_unit(weights, "the probe direction (logistic-regression weights)"),
         probe_accuracy=float(probe.score(answers, answer_labels)), variance=float(variance),
-        digest=digest.hexdigest()[:16],
+        digest=digest.hexdigest()[:16], flag=flag,
     )
+
+
+def _check_spread(x: np.ndarray) -> None:
+    """A ValueError for activations with nothing to fit: every row the same vector."""
+    if np.ptp(x, axis=0).max() <= 1e-12 * max(1.0, float(np.abs(x).max())):
+        raise ValueError(f"the reference activations are constant: all {len(x)} rows are the same vector, so "
+                         "there is no cloud to fit (a degenerate capture, or the wrong hidden state?)")
+
+
+def _unit(vector: np.ndarray, what: str) -> np.ndarray:
+    """`vector` scaled to unit length, or a ValueError where it has none (no direction to project on)."""
+    norm = float(np.linalg.norm(vector))
+    if not 0 < norm < np.inf:
+        raise ValueError(f"{what} has norm {norm}: the reference activations do not separate A_p from A_n")
+    return vector / norm
+
+
+def _covariance_flag(covariance: LedoitWolf, width: int) -> str:
+    """'' if the Ledoit-Wolf covariance is safely invertible, else why Mahalanobis distances mean little.
+    Its eigenvalues lie in [s*mu, ((1-s)*width + s)*mu] (s the shrinkage), so the decomposition is
+    needed only when the shrinkage is tiny."""
+    shrinkage = float(covariance.shrinkage_)
+    if shrinkage > 0 and ((1 - shrinkage) * width + shrinkage) / shrinkage < 1e12:
+        return ""
+    eigenvalues = np.linalg.eigvalsh(covariance.covariance_)
+    if eigenvalues[-1] > 0 and eigenvalues[0] > 1e-12 * eigenvalues[-1]:
+        return ""
+    return (f"the Ledoit-Wolf covariance is singular (shrinkage {shrinkage:.2g}, eigenvalues {eigenvalues[0]:.3g} "
+            f"to {eigenvalues[-1]:.3g}): Mahalanobis distances ignore every direction without variance")
 
 
 def fit_references(activations: Activations, **options: Any) -> dict[int, ManifoldReference]:
@@ -342,7 +384,7 @@ def steering_measures(model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[Po
     key = artifact_key(CAPTURE_CODE, model, pairs, intervention, multipliers=grid, hidden_states=hidden_states,
                        references={str(i): r.digest for i, r in sorted(references.items())},
                        **options.key_inputs(model))
-    return pd.read_parquet(cached_artifact(cache_root() / "manifold" / f"{key}.parquet", measure))
+    return pd.read_parquet(cached_artifact(cache_root() / "manifold" / f"{key}.parquet", measure, made_by="measures"))
 
 
 def per_pair(measures: pd.DataFrame) -> pd.DataFrame:

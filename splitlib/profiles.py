@@ -2,15 +2,52 @@
 
 `SPLITLIB_PROFILE` picks one (default `cpu`); chapters read it through `get_profile()` so the
 same code runs on a laptop CPU with the embedded model and on a GPU with the paper's models.
+It may also name a TOML profile file that inherits a built-in profile and overrides any of its
+fields (`profile_from_file`), e.g. your own model from a local folder:
+
+    inherit = "qwen2.5-7b-it"        # default "cpu"
+    model = "/models/my-finetune"    # a hub id or a local folder
+    layer = 12
+    unset = ["max_answer_tokens"]    # optional fields back to None (TOML has no null)
+    [load_options]                   # passed to from_pretrained
+    device_map = "auto"
+    [engine]
+    token_budget = 65536
+    [split_configs.psychopathy.vector]
+    lr = 0.05
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import json
 import os
+import re
+import tomllib
+import types
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from .checks import check_choice, check_grid, check_int, check_number, check_positive_int, check_type, check_unique
 
 PROFILE_ENV = "SPLITLIB_PROFILE"
 DEFAULT_PROFILE = "cpu"
 EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # where `make` runs; relative profile paths fall back to it
+# load_model's own arguments, which a profile sets through its fields rather than load_options.
+RESERVED_LOAD_OPTIONS = ("dtype", "torch_dtype", "attn_implementation", "pretrained_model_name_or_path")
+
+
+class DeviceError(ValueError):
+    """A model or profile set to run on a device this machine does not have (see models.check_device)."""
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be resolved: an unknown name, or a profile file that is missing, is
+    not TOML, or sets an unknown field or a value of the wrong type (the message names the file,
+    the field and what was expected)."""
 
 
 @dataclass(frozen=True)
@@ -19,6 +56,10 @@ class SplitSizes:
 
     train: int
     test: int
+
+    def __post_init__(self) -> None:
+        check_positive_int("SplitSizes.train", self.train)
+        check_positive_int("SplitSizes.test", self.test)
 
 
 @dataclass(frozen=True)
@@ -42,6 +83,36 @@ class TrainConfig:
     dropout: float = 0.1
     max_grad_norm: float = 1.0
     reps_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "grad_accum"):
+            check_positive_int(f"TrainConfig.{name}", getattr(self, name))
+        for name in ("lr", "max_grad_norm", "reps_scale"):
+            check_number(f"TrainConfig.{name}", getattr(self, name), 0, open_low=True)
+        for name in ("lambda_p", "lambda_n", "gamma"):
+            check_number(f"TrainConfig.{name}", getattr(self, name), 0)
+        check_number("TrainConfig.theta", self.theta)
+        check_number("TrainConfig.dropout", self.dropout, 0, 1, open_high=True)
+        if any(m <= 0 for m in check_grid("TrainConfig.multipliers", self.multipliers)):
+            raise ValueError(f"TrainConfig.multipliers are the |m| drawn per example and must be > 0, "
+                             f"got {list(self.multipliers)}")
+        check_pair_types(self.pair_types)
+
+
+PAIR_TYPES = ("add", "sub")
+
+
+def check_pair_types(pair_types: object) -> tuple[str, ...]:
+    """A non-empty tuple of distinct pair types, each "add" or "sub"."""
+    if isinstance(pair_types, str) or not isinstance(pair_types, tuple | list):
+        raise TypeError(f"TrainConfig.pair_types must be a tuple of {' / '.join(PAIR_TYPES)}, "
+                        f"got {type(pair_types).__name__} {pair_types!r}")
+    if not pair_types:
+        raise ValueError(f"TrainConfig.pair_types is empty; use some of {', '.join(PAIR_TYPES)}")
+    for kind in pair_types:
+        check_choice("TrainConfig.pair_types entry", kind, PAIR_TYPES)
+    check_unique("TrainConfig.pair_types", pair_types)
+    return tuple(pair_types)
 
 
 _WEIGHT_MULTIPLIERS = tuple(round(0.2 * k, 1) for k in range(1, 11))  # 0.2 ... 2.0
@@ -106,12 +177,8 @@ class EngineSettings:
 
     def __post_init__(self) -> None:
         for name in ("row_tokens", "pairs_per_row", "pad_to"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"EngineSettings.{name} must be a positive int, got {value!r}")
-        budget = self.token_budget
-        if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
-            raise ValueError(f"EngineSettings.token_budget must be a positive int or None, got {budget!r}")
+            check_positive_int(f"EngineSettings.{name}", getattr(self, name))
+        budget = check_positive_int("EngineSettings.token_budget", self.token_budget, optional=True)
         if budget is not None and budget < self.row_tokens:
             raise ValueError(f"EngineSettings.token_budget ({budget}) is smaller than one packed row "
                              f"(row_tokens = {self.row_tokens}): raise the budget or lower row_tokens")
@@ -141,6 +208,24 @@ class Profile:
     paper_setup: bool = False
     extras: dict[str, object] = field(default_factory=dict)
     attn_implementation: str | None = None  # passed to transformers when set ("eager", "sdpa", ...)
+    load_options: dict[str, object] = field(default_factory=dict)  # more from_pretrained arguments
+    cell_timeout: int = 900  # seconds one chapter cell may run (nbmake and `splitlib chapter`)
+
+    def __post_init__(self) -> None:
+        check_int("Profile.layer", self.layer, low=0)
+        check_positive_int("Profile.cell_timeout", self.cell_timeout)
+        check_type("Profile.load_options", self.load_options, dict)
+        reserved = sorted(set(self.load_options) & set(RESERVED_LOAD_OPTIONS))
+        if reserved:
+            raise ValueError(f"Profile.load_options may not set {reserved}: set the profile's own dtype and "
+                             "attn_implementation fields instead")
+        check_positive_int("Profile.lora_rank", self.lora_rank)
+        check_positive_int("Profile.max_answer_tokens", self.max_answer_tokens, optional=True)
+        check_positive_int("Profile.generation_tokens", self.generation_tokens)
+        check_int("Profile.seed", self.seed)
+        check_type("Profile.engine", self.engine, EngineSettings)
+        for name in ("vector_grid", "weight_grid", "relative_grid"):
+            check_grid(f"Profile.{name}", getattr(self, name))
 
     def rerun_hint(self) -> str:
         """How a reader re-runs a chapter with the paper's models."""
@@ -174,7 +259,7 @@ def _paper_profile(name: str, model: str, layer: int, split_configs: dict, title
         lora_rank=4, split_configs=split_configs, paper_setup=True,
         engine=EngineSettings(pairs_per_row=16, pad_to=64),
         description=f"The paper's {title} setup: layer {layer}, bf16, paper split sizes.",
-        attn_implementation=attn_implementation,
+        attn_implementation=attn_implementation, cell_timeout=7200,
     )
 
 
@@ -209,13 +294,247 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-def get_profile(name: str | None = None) -> Profile:
-    """The named profile, else the one `SPLITLIB_PROFILE` names, else `cpu`."""
-    chosen = name or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
+def check_profile(profile: object, name: str = "profile") -> Profile:
+    """`profile` if it is a Profile, else a TypeError (with the fix for a profile's name)."""
+    hint = f"; pass splitlib.get_profile({profile!r})" if isinstance(profile, str) else ""
+    return check_type(name, profile, Profile, hint)
+
+
+def get_profile(name: str | os.PathLike | None = None) -> Profile:
+    """The named profile, else the one `SPLITLIB_PROFILE` names, else `cpu`. A name ending in
+    .toml or containing a slash is a profile file (`profile_from_file`)."""
+    if name is not None and not isinstance(name, str | os.PathLike):
+        raise TypeError(f"profile name must be a profile's name or a profile file's path, got {type(name).__name__}")
+    chosen = os.fspath(name or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE)
+    if is_profile_file(chosen):
+        return profile_from_file(profile_path(chosen))
     try:
         return PROFILES[chosen]
     except KeyError:
         source = "argument" if name else f"${PROFILE_ENV}"
-        raise ValueError(
-            f"unknown profile {chosen!r} (from the {source}); choose one of {sorted(PROFILES)}"
+        raise ProfileError(
+            f"unknown profile {chosen!r} (from the {source}); choose one of {sorted(PROFILES)} "
+            "or give the path of a .toml profile file"
         ) from None
+
+
+# ----- profiles from files ----------------------------------------------------------------------------
+_FILE_ONLY_KEYS = ("inherit", "unset")  # keys of a profile file that are not fields of Profile
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_TOML_TYPES = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def is_profile_file(spec: str) -> bool:
+    """Whether a profile spec names a file rather than a built-in profile."""
+    return spec.endswith(".toml") or "/" in spec or os.sep in spec
+
+
+def profile_path(spec: str | os.PathLike, relative_to: Path | None = None) -> Path:
+    """The profile file `spec` names, absolute: relative to `relative_to` (an inheriting file's
+    folder) if given, else to the working directory, else to the project root (where `make` runs,
+    so a relative $SPLITLIB_PROFILE still resolves inside a chapter run from its own folder)."""
+    path = Path(spec).expanduser()
+    if path.is_absolute():
+        candidates = [path]
+    elif relative_to is not None:
+        candidates = [relative_to / path]
+    else:
+        candidates = [Path.cwd() / path, PROJECT_ROOT / path]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise ProfileError(f"profile file {os.fspath(spec)!r} not found (looked for {', '.join(map(str, candidates))})")
+
+
+class _Bad(Exception):
+    """A field of a profile file that is wrong, before the file's name is put in front."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        super().__init__(f"field {field_name!r} {problem}" if field_name else problem)
+
+
+class _Unset:
+    """What `unset = [...]` puts in place of a field's value: None, for an optional field."""
+
+
+_UNSET = _Unset()
+
+
+def profile_from_file(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> Profile:
+    """The profile a TOML file describes: the profile it inherits (key `inherit`, a built-in name
+    or another file, default "cpu") with the file's fields overriding its own. Tables merge into
+    the inherited value ([engine], [splits.<task>], [split_configs.<task>.<form>], [load_options],
+    [extras]); `unset` lists optional fields (dotted for nested ones) to set to None. The profile is
+    named after the file unless it sets `name`. Any problem is a ProfileError naming the file,
+    the field and what was expected."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ProfileError(f"{path}: inherits itself (through {' -> '.join(str(p) for p in _seen)})")
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as error:
+        raise ProfileError(f"cannot read the profile file {path}: {error.strerror or error}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ProfileError(f"{path} is not valid TOML: {error}") from None
+    try:
+        base = _inherited(data.pop("inherit", DEFAULT_PROFILE), path, _seen)
+        _apply_unset(data, data.pop("unset", []))
+        data.setdefault("name", path.stem)
+        data.setdefault("description", f"{base.description} Changed by {path.name}: "
+                                       f"{', '.join(sorted(k for k in data if k != 'name'))}.")
+        profile = _record(Profile, _table(data, ""), base, "")
+    except _Bad as bad:
+        raise ProfileError(f"{path}: {bad}") from None
+    assert isinstance(profile, Profile)
+    if not _NAME.fullmatch(profile.name) or profile.name in PROFILES:
+        raise ProfileError(f"{path}: field 'name' is {profile.name!r}: a profile file needs a name of letters, "
+                           f"digits, '.', '_' or '-' that is not a built-in profile's ({', '.join(PROFILES)}); "
+                           "rename the file or set name = \"...\"")
+    return profile
+
+
+def _inherited(spec: object, path: Path, seen: tuple[Path, ...]) -> Profile:
+    if not isinstance(spec, str):
+        raise _Bad("inherit", f"must be a built-in profile's name or a profile file, got {_shown(spec)}")
+    if is_profile_file(spec):
+        return profile_from_file(profile_path(spec, relative_to=path.parent), (*seen, path))
+    if spec not in PROFILES:
+        raise _Bad("inherit", f"names no built-in profile: {spec!r}; choose one of {sorted(PROFILES)}")
+    return PROFILES[spec]
+
+
+def _apply_unset(data: dict[str, Any], names: object) -> None:
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise _Bad("unset", f"must be an array of field names, got {_shown(names)}")
+    for dotted in names:
+        *parents, leaf = dotted.split(".")
+        table = data
+        for part in parents:
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise _Bad("unset", f"names {dotted!r}, but {part!r} is not a table")
+        if leaf in table:
+            raise _Bad(dotted, "is both set and listed in unset")
+        table[leaf] = _UNSET
+
+
+def _value(value: object, hint: Any, base: object, name: str) -> object:
+    """`value` from a profile file as the type `hint`; a table merges into `base`, the inherited value."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is _UNSET and type(None) in args:
+            return None
+        return _value(value, next(a for a in args if a is not type(None)), base, name)
+    if value is _UNSET:
+        raise _Bad(name, "cannot be unset: it is not optional")
+    if dataclasses.is_dataclass(hint):
+        return _record(hint, _table(value, name), base, name)
+    if origin is dict:
+        return _mapping(_table(value, name), args, base, name)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise _Bad(name, f"must be an array of {_EXPECTED[args[0]].split(' ', 1)[1]}s, got {_shown(value)}")
+        return tuple(_value(item, args[0], None, f"{name}[{i}]") for i, item in enumerate(value))
+    if hint is object:  # free-form (load_options, extras): as TOML gives it
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise _Bad(name, f"must be {_EXPECTED[hint]}, got {_shown(value)}")
+    return value
+
+
+def _table(value: object, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Bad(name, f"must be a table, got {_shown(value)}")
+    return value
+
+
+def _mapping(table: dict[str, Any], args: tuple, base: object, name: str) -> dict:
+    """A dict field: each entry merged into the inherited one; split_configs' (task, form) keys are
+    two levels of tables, [split_configs.<task>.<form>]."""
+    merged = dict(base) if isinstance(base, dict) else {}
+    key_hint, item_hint = args
+    for key, item in table.items():
+        if key_hint == tuple[str, str]:
+            for inner, config in _table(item, f"{name}.{key}").items():
+                merged[(key, inner)] = _value(config, item_hint, merged.get((key, inner)), f"{name}.{key}.{inner}")
+        else:
+            merged[key] = _value(item, item_hint, merged.get(key), f"{name}.{key}")
+    return merged
+
+
+def _record(cls: Any, table: dict[str, Any], base: object, name: str) -> object:
+    """A dataclass (Profile, EngineSettings, SplitSizes, TrainConfig) from a table, over `base`."""
+    hints = get_type_hints(cls)
+    values = {}
+    for key, item in table.items():
+        dotted = f"{name}.{key}" if name else key
+        if key not in hints:
+            known = list(hints) + (list(_FILE_ONLY_KEYS) if cls is Profile else [])
+            close = difflib.get_close_matches(key, known, n=1)
+            raise _Bad(dotted, f"is not a field of {cls.__name__}{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                               f"the fields are {', '.join(known)}")
+        values[key] = _value(item, hints[key], getattr(base, key, None), dotted)
+    try:
+        return dataclasses.replace(base, **values) if base is not None else cls(**values)  # type: ignore[type-var]
+    except (TypeError, ValueError) as error:
+        raise _Bad(name, f"is invalid: {error}" if name else str(error)) from None
+
+
+def _shown(value: object) -> str:
+    kind = next((label for t, label in _TOML_TYPES.items() if isinstance(value, t)), type(value).__name__)
+    return f"{kind} {value!r}"
+
+
+def profile_toml(profile: Profile) -> str:
+    """The profile as a profile file that sets every field: `splitlib profiles show` prints it,
+    build keys executed chapters on it, and reading it back gives the same profile (named after
+    the file)."""
+    leaves = [(path, value) for path, value in _leaves(profile, ()) if path != ("name",)]
+    unset = [".".join(path) for path, value in leaves if value is None]
+    lines = [f"# profile {profile.name!r}, every field resolved"]
+    if profile.name in PROFILES:
+        lines.append(f"inherit = {_toml(profile.name)}")
+    tables: dict[tuple[str, ...], list[str]] = {}
+    for path, value in leaves:
+        if value is not None:
+            tables.setdefault(path[:-1], []).append(f"{_toml_key(path[-1])} = {_toml(value)}")
+    lines += tables.pop((), [])
+    if unset:
+        lines.append(f"unset = {_toml(unset)}")
+    for parent, entries in tables.items():
+        lines += ["", f"[{'.'.join(map(_toml_key, parent))}]", *entries]
+    return "\n".join(lines) + "\n"
+
+
+def _leaves(value: object, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], object]]:
+    """(key path, value) of every scalar or array inside a profile, tables flattened in order."""
+    if dataclasses.is_dataclass(value):
+        items: list[tuple[tuple[str, ...], object]] = [((f.name,), getattr(value, f.name))
+                                                       for f in dataclasses.fields(value)]
+    elif isinstance(value, dict):
+        items = [(tuple(key) if isinstance(key, tuple) else (str(key),), item)
+                 for key, item in sorted(value.items(), key=lambda kv: str(kv[0]))]
+    else:
+        yield path, value
+        return
+    for keys, item in sorted(items, key=lambda entry: isinstance(entry[1], dict) or dataclasses.is_dataclass(entry[1])):
+        yield from _leaves(item, path + keys)  # a table's own values before its sub-tables, as TOML needs
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    raise TypeError(f"a profile value of type {type(value).__name__} has no TOML form: {value!r}")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)

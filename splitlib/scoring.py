@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checks import check_positive_int
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -71,6 +73,7 @@ def encode_pair(tokenizer: Tokenizer, question: str, positive: str, negative: st
     Prompt and completions are tokenised separately, the way a model generating the answer would
     see them. `max_answer_tokens` truncates long answers (before the end-of-turn text).
     """
+    check_positive_int("max_answer_tokens", max_answer_tokens, optional=True)  # a slice of -1 drops a token
     prompt = tokenizer(chat_prompt(tokenizer, question), add_special_tokens=False).input_ids
     suffix = tokenizer(end_of_turn(tokenizer), add_special_tokens=False).input_ids
 

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from .cache import ResumableBatches, cache_root, cached_artifact
-from .data import PolarityPair
+from .checks import check_multipliers, check_positive_int, check_type  # check_multipliers: also splitlib.sweep's
+from .data import PolarityPair, check_pairs
 from .engine import (
     artifact_key,
     collate_pairs,
@@ -31,27 +32,12 @@ from .engine import (
     scored_reads,
     steered_batch,
 )
-from .interventions import Intervention
+from .interventions import Intervention, check_intervention
 from .profiles import EngineSettings
 from .scoring import EncodedPair, Tokenizer, check_loss, pref_odds, reduce_nll, token_nll, util_odds
 
 COLUMNS = ["pair_id", "split", "m", "loss_p", "loss_n", "pref_odds", "util_odds", "clamped"]
 SWEEP_CODE = ("sweep",)  # the modules whose source keys a sweep (beside the engine's own)
-
-
-def check_multipliers(multipliers: object, intervention: Intervention | None, what: str = "sweep") -> list[float]:
-    """A grid as a list of floats: any sequence or array, non-empty, finite, without repeats, and
-    m != 0 only with an intervention; else a ValueError naming the problem."""
-    values = np.asarray(multipliers, dtype=float).reshape(-1) if not isinstance(multipliers, str) else None
-    if values is None or values.size == 0:
-        raise ValueError(f"{what} needs at least one multiplier, got {multipliers!r}")
-    if not np.all(np.isfinite(values)):
-        raise ValueError(f"multipliers must be finite, got {values.tolist()}")
-    if len(np.unique(values)) != len(values):
-        raise ValueError(f"the grid repeats a multiplier: {values.tolist()}")
-    if intervention is None and np.any(values != 0):
-        raise ValueError("without an intervention only m = 0 is meaningful; pass multipliers=[0.0]")
-    return [float(v) for v in values]
 
 
 @dataclass(frozen=True)
@@ -172,14 +158,16 @@ def sweep_key(model: nn.Module, pairs: Sequence[PolarityPair], encoded: Sequence
 
 
 def check_sweep(model: nn.Module, pairs: Sequence[PolarityPair], intervention: Intervention | None,
-                multipliers: object, loss: str) -> list[float]:
-    """The checks every sweep makes before it computes anything; returns the grid as floats."""
+                multipliers: object, loss: str, max_answer_tokens: object = None,
+                settings: object = None) -> list[float]:
+    """The checks every sweep makes before it computes or writes anything; returns the grid as floats."""
     check_loss(loss)
-    if not pairs:
-        raise ValueError("sweep needs at least one pair")
+    check_pairs(pairs, "sweep")
     grid = check_multipliers(multipliers, intervention)
-    if intervention is not None:
-        intervention.check_fits(model)
+    check_positive_int("max_answer_tokens", max_answer_tokens, optional=True)
+    if settings is not None:
+        check_type("settings", settings, EngineSettings)
+    check_intervention(model, intervention)
     return grid
 
 
@@ -190,7 +178,7 @@ def _sweep_path(key: str) -> Path:
 def store_sweep(key: str, result: SweepResult) -> None:
     """Put losses computed elsewhere (a pass that also captured hidden states) where `run_sweep`
     with the same key finds them."""
-    cached_artifact(_sweep_path(key), lambda tmp: result.raw().to_parquet(tmp, index=False))
+    cached_artifact(_sweep_path(key), lambda tmp: result.raw().to_parquet(tmp, index=False), made_by="sweep")
 
 
 def run_sweep(
@@ -214,7 +202,7 @@ def run_sweep(
     call (with either loss kind) reads them, an interrupted call resumes from the last finished
     batch, and concurrent callers wait for one another instead of both computing.
     """
-    grid = check_sweep(model, pairs, intervention, multipliers, loss)
+    grid = check_sweep(model, pairs, intervention, multipliers, loss, max_answer_tokens, settings)
     settings = settings or EngineSettings()
     encoded = encode_pairs(tokenizer, pairs, max_answer_tokens)
     options: dict[str, Any] = dict(encoded=encoded, settings=settings, progress=progress, label=f"sweep {split}")
@@ -227,7 +215,7 @@ def run_sweep(
             sweep_pass(model, tokenizer, pairs, intervention, grid, resume=resume, **options).raw().to_parquet(
                 tmp, index=False)
 
-    raw = pd.read_parquet(cached_artifact(target, write))
+    raw = pd.read_parquet(cached_artifact(target, write, made_by="sweep"))
     return SweepResult.from_raw(raw, pairs, grid).table(split, loss)
 
 
@@ -237,7 +225,7 @@ def naive_sweep(
 ) -> pd.DataFrame:
     """The reference code's loss mode: one full hooked forward per pair per multiplier, full logits.
     The engine must agree with it; it exists to check and to time the engine."""
-    grid = check_sweep(model, pairs, intervention, multipliers, loss)
+    grid = check_sweep(model, pairs, intervention, multipliers, loss, max_answer_tokens)
     encoded = encode_pairs(tokenizer, pairs, max_answer_tokens)
     device = next(model.parameters()).device
     losses = np.empty((len(grid), 2 * len(encoded)))

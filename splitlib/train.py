@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from .cache import cache_root, cached_artifact
-from .data import PolarityPair
+from .checks import check_choice, check_int, check_multipliers, check_number, check_positive_int, check_type
+from .data import TASKS, PolarityPair, check_pairs
 from .engine import (
     PairBatch,
     artifact_key,
@@ -35,8 +36,8 @@ from .engine import (
     upper_pass,
 )
 from .interventions import FORMS, Intervention, check_form
-from .models import as_causal_lm, decoder_layers, down_projection
-from .profiles import EngineSettings, Profile, TrainConfig
+from .models import as_causal_lm, check_layer, decoder_layers, down_projection
+from .profiles import EngineSettings, Profile, TrainConfig, check_profile
 from .scoring import EncodedPair, Tokenizer
 from .sweep import run_sweep
 
@@ -50,8 +51,7 @@ class TrainingError(RuntimeError):
 
 def check_method(method: str, form: str) -> None:
     """A ValueError for an unknown method or form, or a form the method does not train."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    check_choice("method", method, METHODS)
     check_form(form)
     if form not in METHOD_FORMS[method]:
         raise ValueError(f"{method} does not apply to the {form} form (only {', '.join(METHOD_FORMS[method])})")
@@ -60,7 +60,12 @@ def check_method(method: str, form: str) -> None:
 def config_for(profile: Profile, task: str, method: str, form: str) -> TrainConfig:
     """The profile's hyperparameters for a method: SPLIT's config; SFT drops the A_n terms
     (lambda_n = gamma = 0, as the reference's SFT baseline); RePS trains add and sub pairs."""
+    check_profile(profile)
+    check_choice("task", task, TASKS)
     check_method(method, form)
+    if (task, form) not in profile.split_configs:
+        raise ValueError(f"profile {profile.name!r} has no training config for task {task!r} and form {form!r} "
+                         f"(it has {sorted(profile.split_configs)})")
     base = profile.split_configs[(task, form)]
     if method == "sft":
         return dataclasses.replace(base, lambda_n=0.0, gamma=0.0)
@@ -135,11 +140,10 @@ class Trainer:
     history: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        check_method(self.method, self.form)
+        check_training(self.model, self.pairs, self.method, self.form, self.layer, self.config, rank=self.rank,
+                       seed=self.seed, max_answer_tokens=self.max_answer_tokens, settings=self.settings)
         if self.method == "diffmean":
             raise ValueError("diffmean is closed-form: use splitlib.diffmean, not a Trainer")
-        if not self.pairs:
-            raise ValueError("the training set is empty")
         self.device = next(self.model.parameters()).device
         self.n_layers = len(decoder_layers(self.model))
         encoded = encode_pairs(self.tokenizer, self.pairs, self.max_answer_tokens)
@@ -253,6 +257,8 @@ class Trainer:
         """AdamW, a linear schedule without warm-up, gradient clipping, a fixed seed."""
         from tqdm.auto import tqdm
 
+        check_positive_int("max_steps", max_steps, optional=True)
+
         torch.manual_seed(self.seed)  # dropout and LoRA's initial A
         intervention = Intervention.initial(self.model, self.form, self.layer, rank=self.rank, seed=self.seed)
         intervention.to(self.device)
@@ -284,6 +290,26 @@ class Trainer:
         return intervention
 
 
+def check_training(model: nn.Module, pairs: Sequence[PolarityPair], method: str, form: str, layer: int,
+                   config: TrainConfig | None, *, rank: int, seed: int, max_answer_tokens: int | None,
+                   settings: EngineSettings | None) -> None:
+    """Every check of a training run, made before anything is computed or written."""
+    check_method(method, form)
+    if isinstance(pairs, Sequence) and not pairs:
+        raise ValueError("the training set is empty")
+    check_pairs(pairs, "training set")
+    check_layer(model, layer)
+    if method != "diffmean":
+        if config is None:
+            raise ValueError(f"{method} needs a TrainConfig (see splitlib.train.config_for)")
+        check_type("config", config, TrainConfig)
+    check_positive_int("rank", rank)
+    check_int("seed", seed)
+    check_positive_int("max_answer_tokens", max_answer_tokens, optional=True)
+    if settings is not None:
+        check_type("settings", settings, EngineSettings)
+
+
 def train_intervention(
     model: nn.Module,
     tokenizer: Tokenizer,
@@ -306,11 +332,8 @@ def train_intervention(
     data, hyperparameters, loss history), plus a peft adapter for the LoRA form; it appears only
     whole, so a failed run (a NaN loss, an interruption) leaves nothing behind.
     """
-    check_method(method, form)
-    if not pairs:
-        raise ValueError("the training set is empty")
-    if method != "diffmean" and config is None:
-        raise ValueError(f"{method} needs a TrainConfig (see splitlib.train.config_for)")
+    check_training(model, pairs, method, form, layer, config, rank=rank, seed=seed,
+                   max_answer_tokens=max_answer_tokens, settings=settings)
     provenance = {
         "method": method, "form": form, "layer": layer, "model": str(getattr(model.config, "name_or_path", "")),
         "rank": rank if form == "lora" else None, "seed": seed,
@@ -339,20 +362,22 @@ def train_intervention(
             from pathlib import Path
 
             return build(Path(scratch))
-    folder = cached_artifact(cache_root() / "interventions" / key, build, folder=True)
+    folder = cached_artifact(cache_root() / "interventions" / key, build, folder=True, made_by="train")
     return Intervention.load(folder).to(next(model.parameters()).device)
 
 
 def train_all(model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[PolarityPair], profile: Profile, task: str,
               progress: bool = True) -> dict[tuple[str, str], Intervention]:
-    """Every method in every form it applies to, with the profile's hyperparameters (cached)."""
+    """Every method in every form it applies to, with the profile's hyperparameters (cached).
+    Every config is looked up before the first training starts, so a bad task fails at once."""
+    configs = {(method, form): None if method == "diffmean" else config_for(profile, task, method, form)
+               for method in METHODS for form in METHOD_FORMS[method]}
     return {
         (method, form): train_intervention(
-            model, tokenizer, pairs, method, form, profile.layer,
-            None if method == "diffmean" else config_for(profile, task, method, form),
+            model, tokenizer, pairs, method, form, profile.layer, config,
             rank=profile.lora_rank, seed=profile.seed, max_answer_tokens=profile.max_answer_tokens,
             settings=profile.engine, progress=progress)
-        for method in METHODS for form in METHOD_FORMS[method]
+        for (method, form), config in configs.items()
     }
 
 
@@ -360,10 +385,15 @@ def evaluation_multipliers(profile: Profile, method: str, form: str, interventio
                            unit: float) -> list[float]:
     """The m >= 0 at which a method is evaluated: the profile's vector or weight grid for trained
     updates; for DiffMean, the relative grid (strengths in units of the residual norm `unit`)."""
+    check_profile(profile)
     check_method(method, form)
+    check_type("intervention", intervention, Intervention)
     if method == "diffmean":
-        scale = unit / float(intervention.delta_b.detach().norm())
-        return [x * scale for x in profile.relative_grid if x >= 0]
+        check_number("unit", unit, 0, open_low=True)
+        norm = float(intervention.delta_b.detach().norm())
+        if not 0 < norm < float("inf"):
+            raise ValueError(f"the DiffMean vector's norm is {norm}: no relative grid can be scaled from it")
+        return [x * unit / norm for x in profile.relative_grid if x >= 0]
     grid = profile.vector_grid if form == "vector" else profile.weight_grid
     return [m for m in grid if m >= 0]
 
@@ -380,10 +410,16 @@ def evaluation_sweeps(model: nn.Module, tokenizer: Tokenizer, splits: dict[str, 
                       negative: bool = True, progress: bool = True) -> pd.DataFrame:
     """Every trained update swept on every split over its `evaluation_grid` (both signs of m),
     with summed losses; one table with method and form columns, restricted to m >= 0 unless
-    `negative`. Each sweep is cached whole, so chapters that ask for either side share it."""
+    `negative`. Each sweep is cached whole, so chapters that ask for either side share it. Every
+    grid and split is checked before the first sweep runs."""
+    grids = {key: check_multipliers(evaluation_grid(profile, *key, intervention, unit, negative=True), intervention,
+                                    what=f"{key[0]} {key[1]} evaluation")
+             for key, intervention in trained.items()}
+    for split, pairs in splits.items():
+        check_pairs(pairs, f"{split} split")
     tables = []
     for (method, form), intervention in trained.items():
-        grid = evaluation_grid(profile, method, form, intervention, unit, negative=True)
+        grid = grids[(method, form)]
         for split, pairs in splits.items():
             table = run_sweep(model, tokenizer, pairs, intervention, grid, split=split, loss="sum",
                               max_answer_tokens=profile.max_answer_tokens, settings=profile.engine,
@@ -401,8 +437,8 @@ def completion_activations(model: nn.Module, tokenizer: Tokenizer, pairs: Sequen
 
     Returns (per-answer means, shape (2 * n_pairs, d), rows A_p, A_n per pair; and the norm of
     every completion token's activation)."""
-    if not pairs:
-        raise ValueError("needs at least one pair")
+    check_pairs(pairs, "DiffMean")
+    check_layer(model, layer)
     encoded = encode_pairs(tokenizer, pairs, max_answer_tokens)
     device = next(model.parameters()).device
     block = decoder_layers(model)[layer]
@@ -426,8 +462,6 @@ def diffmean(model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[PolarityPai
     """DiffMean: the mean over pairs of [mean layer-L output over A_p's completion tokens] minus the
     same for A_n, as a vector-form intervention at `layer`. (The last prompt token is shared by
     both answers, so a difference taken there would be zero.)"""
-    from .models import check_layer
-
     check_layer(model, layer)
     means, _ = completion_activations(model, tokenizer, pairs, layer, max_answer_tokens)
     direction = (means[0::2] - means[1::2]).mean(dim=0).float()

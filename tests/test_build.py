@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -92,11 +93,36 @@ def test_a_change_re_runs_the_chapter(project, change):
     assert _run(project) == ["ch1"]
 
 
-def test_switching_the_data_folder_re_runs_the_chapter(project, monkeypatch):
+def test_the_data_a_chapter_reads_keys_it_not_the_folder_it_is_in(project, monkeypatch, tmp_path):
+    """Real data (by checksum) or the bundled sets re-run a chapter; another folder with the same files does not."""
+    from splitlib import data
+
+    content = b'{"statement": "x"}\n'
+    remote = data.RemoteFile("sets/x.jsonl", "owner/repo", "0" * 40, "x.jsonl", hashlib.sha256(content).hexdigest())
+    monkeypatch.setattr(data, "REMOTE_FILES", {"psychopathy": remote})
+    monkeypatch.setenv("SPLITLIB_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("SPLITLIB_DATA", raising=False)
     _run(project)
+    for folder in ("one", "two"):
+        (tmp_path / folder / "sets").mkdir(parents=True)
+        (tmp_path / folder / "sets" / "x.jsonl").write_bytes(content)
+    monkeypatch.setenv("SPLITLIB_DATA", str(tmp_path / "one"))
+    assert _run(project) == ["ch1"]  # the real file instead of the bundled set
+    monkeypatch.setenv("SPLITLIB_DATA", str(tmp_path / "two"))
+    assert _run(project) == []  # the same bytes elsewhere
     monkeypatch.setenv("SPLITLIB_DATA", "/somewhere/else")
-    assert _run(project) == ["ch1"]
+    assert _run(project) == ["ch1"]  # back to the bundled set
+
+
+def test_a_profile_file_has_its_own_notebooks_keyed_on_its_contents(project, tmp_path):
+    profile = tmp_path / "mine.toml"
+    profile.write_text("layer = 3\n")
+    _run(project, "cpu")
+    assert _run(project, str(profile)) == ["ch1"] and (project / "_notebooks" / "mine" / "ch1.ipynb").exists()
+    assert _run(project, str(profile)) == [] and _run(project, "cpu") == []
+    profile.write_text("layer = 4\n")
+    assert _run(project, str(profile)) == ["ch1"] and _run(project, "cpu") == []
+    assert build.html_dir(str(profile), project) == project / "_build" / "html-mine"
 
 
 def test_each_profile_has_its_own_executed_notebooks(project):

@@ -106,6 +106,27 @@ def test_a_tampered_download_is_rejected_and_not_kept(mirror, tmp_path):
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and not p.name.endswith(".lock")]
 
 
+@needs_shared_data
+def test_an_edited_download_in_the_cache_is_fetched_again(mirror, tmp_path):
+    from splitlib.cache import CacheWarning
+
+    path = real_file("psychopathy")
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.warns(CacheWarning, match="psychopathy.jsonl"):
+        assert real_file("psychopathy") == path
+    assert path.read_bytes() == (SHARED_DATA / REMOTE_FILES["psychopathy"].local).read_bytes()
+
+
+@needs_shared_data
+def test_a_local_copy_that_is_not_the_pinned_file_is_refused(monkeypatch, tmp_path):
+    local = tmp_path / REMOTE_FILES["psychopathy"].local
+    local.parent.mkdir(parents=True)
+    local.write_bytes((SHARED_DATA / REMOTE_FILES["psychopathy"].local).read_bytes() + b"\n")
+    monkeypatch.setenv("SPLITLIB_DATA", str(tmp_path))
+    with pytest.raises(DataError, match=f"{local}.*is not the pinned.*sha256"):
+        real_file("psychopathy")
+
+
 def test_with_neither_source_the_error_names_both_ways(no_real_data):
     with pytest.raises(FileNotFoundError) as error:
         real_file("powerseeking")

@@ -51,20 +51,48 @@ def test_the_table_of_contents_names_existing_pages():
     assert {c.relative_to(ROOT).with_suffix("").as_posix() for c in chapters(ROOT)} <= set(files)
 
 
-def _names(requirements: list[str]) -> dict[str, str]:
-    return {re.split(r"[=<>!~ ]", r, maxsplit=1)[0].lower().replace("_", "-"): r.replace(" ", "") for r in requirements}
+def _pins(requirements: list[str]) -> dict[str, str]:
+    """{normalised name: exact version} of `name==version` lines (comments and blanks skipped)."""
+    pins = {}
+    for line in requirements:
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    return pins
 
 
-def test_environment_yml_lists_the_same_packages_as_pyproject():
+def _declared() -> tuple[dict, list[str]]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     declared = project["project"]["dependencies"] + [
         r for extra in project["project"]["optional-dependencies"].values() for r in extra
     ]
+    return project, declared
+
+
+def test_pyproject_declares_ranges_and_constraints_pin_each_within_its_range():
+    from packaging.requirements import Requirement
+
+    project, declared = _declared()
+    pins = _pins((ROOT / "constraints.txt").read_text().splitlines())
+    no_deps = _pins(project["tool"]["splitlib"]["no-deps"])
+    ranges = {Requirement(r).name.lower(): Requirement(r).specifier for r in declared}
+    assert set(pins) == set(ranges) | set(no_deps), "constraints.txt pins exactly the declared packages"
+    for name, specifier in ranges.items():
+        assert "==" not in str(specifier), f"pyproject pins {name}; exact versions belong in constraints.txt"
+        assert specifier.contains(pins[name]), f"constraints.txt's {name}=={pins[name]} is outside {specifier}"
+    assert all(pins[name] == version for name, version in no_deps.items())
+
+
+def test_environment_yml_pins_the_versions_of_constraints_txt():
+    project, _ = _declared()
     environment = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(item["pip"] for item in environment["dependencies"] if isinstance(item, dict))
-    assert _names(pip_section) == _names(declared)
+    pins = _pins((ROOT / "constraints.txt").read_text().splitlines())
     for package in project["tool"]["splitlib"]["no-deps"]:  # installed by hand, said in a comment
         assert f"pip install --no-deps {package}" in (ROOT / "environment.yml").read_text()
+        pins.pop(package.split("==")[0].lower())
+    assert _pins(pip_section) == pins
 
 
 def test_ci_runs_make_test_and_the_readme_names_both_commands():

@@ -1,0 +1,33 @@
+"""The chapters' table helpers: narrow enough for the page, nothing lost."""
+from __future__ import annotations
+
+import pandas as pd
+
+import splitlib
+from splitlib.book import hyperparameter_table, interval_table
+from splitlib.train import config_for
+
+
+def test_an_interval_table_has_one_cell_per_row_and_column_with_its_interval():
+    frame = pd.DataFrame({"method": ["a", "a", "b", "b"], "measure": ["x", "y", "x", "y"],
+                          "rho": [0.5, -0.25, 0.1, 0.0], "rho_low": [0.4, -0.5, -0.1, -0.2],
+                          "rho_high": [0.6, 0.0, 0.3, 0.2]})
+    shown = interval_table(frame, "rho", ["method"], "measure", {"x": "distance x"}, "caption").data
+    assert list(shown.columns) == ["method", "distance x", "y"]
+    assert shown.set_index("method").loc["a", "y"] == "-0.25 [-0.50, +0.00]"
+    assert shown.set_index("method").loc["b", "distance x"] == "+0.10 [-0.10, +0.30]"
+
+
+def test_the_hyperparameter_table_keeps_what_varies_and_names_the_rest_once():
+    profile = splitlib.get_profile("cpu")
+    configs = {(method, form): config_for(profile, "psychopathy", method, form)
+               for method in ("sft", "split") for form in ("vector", "lora")}
+    styled = hyperparameter_table(configs)
+    shown = styled.data
+    varying = [c for c in shown.columns[2:]]
+    assert "lambda_n" in varying and "epochs" not in varying
+    assert f"epochs = {configs['sft', 'vector'].epochs}" in styled.caption
+    every = set(vars(configs["sft", "vector"]))
+    named = set(varying) | {part.split(" = ")[0] for part in styled.caption.split(": ", 1)[1].rstrip(".").split(", ")
+                            if " = " in part}
+    assert named == every, "every setting is shown, in the table or the caption"
