@@ -9,10 +9,10 @@ SHELL := /bin/bash
 PROFILE ?= $(or $(SPLITLIB_PROFILE),cpu)
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 NB_TIMEOUT := 900
-# torch first, pinned: anything that resolves torch itself pulls GBs of CUDA wheels.
-TORCH := $(shell python3 -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); print(next(p for p in d['project']['dependencies'] if p.startswith('torch==')))")
+# torch first, pinned by constraints.txt: anything that resolves torch itself pulls GBs of CUDA wheels.
+TORCH := $(shell grep -E '^torch==' constraints.txt)
 NO_DEPS := $(shell python3 -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['tool']['splitlib']['no-deps']))")
 NBMAKE := -p no:cacheprovider --nbmake --nbmake-timeout=$(NB_TIMEOUT) --overwrite
 HTML := _build/$(if $(filter cpu,$(PROFILE)),html,html-$(PROFILE))
@@ -31,10 +31,10 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: book test setup clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[book]"
+	$(PY) -m pip install --quiet -c constraints.txt "$(TORCH)"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[book]"
 	$(PY) -m pip install --quiet --no-deps $(NO_DEPS)
 	rm -f $(VENV)/.installed-*
 	touch $@

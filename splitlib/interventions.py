@@ -263,7 +263,7 @@ class Intervention(nn.Module):
         safetensors header carries the same provenance and the code version (`interop.read_provenance`)."""
         from safetensors.torch import save_file
 
-        from .interop import safetensors_metadata
+        from .provenance import safetensors_metadata
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -289,13 +289,14 @@ class Intervention(nn.Module):
         loaded.provenance = meta.get("provenance", {})
         return loaded
 
-    def save_peft(self, model: nn.Module, folder: str | Path) -> Path:
+    def save_peft(self, model: nn.Module, folder: str | Path, provenance: dict | None = None) -> Path:
         """Write a LoRA-form update as a peft adapter (LoRA on layer L's down-projection, scale 1) whose
-        base model is the real model (`interop.base_model_id`), with provenance in its safetensors header."""
+        base model is the real model (`interop.base_model_id`), with `provenance` (default: the
+        intervention's own, if loaded) in its safetensors header."""
         from peft import LoraConfig
         from safetensors.torch import save_file
 
-        from .interop import base_model_id, model_name, safetensors_metadata
+        from .provenance import base_model_id, model_name, safetensors_metadata
 
         if self.form != "lora":
             raise ValueError(f"only the lora form exports to a peft adapter, not {self.form!r}")
@@ -322,8 +323,9 @@ class Intervention(nn.Module):
                 f"{prefix}.lora_B.weight": self.lora_b.detach().contiguous(),
             },
             folder / "adapter_model.safetensors",
-            metadata=safetensors_metadata({**getattr(self, "provenance", {}), "form": self.form, "layer": self.layer,
-                                           "model": model_name(model), "base_model": base_model_id(model)}),
+            metadata=safetensors_metadata({**(provenance or getattr(self, "provenance", {})), "form": self.form,
+                                           "layer": self.layer, "model": model_name(model),
+                                           "base_model": base_model_id(model)}),
         )
         return folder
 

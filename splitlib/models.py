@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .cache import cache_root, cached_artifact, file_digest
 from .checks import check_int, check_positive_int
-from .profiles import EMBEDDED_MODEL, DeviceError, Profile
+from .profiles import EMBEDDED_MODEL, PROFILES, DeviceError, Profile
 from .scoring import Tokenizer
 
 Key = TypeVar("Key")  # how `recording` keys what it records
@@ -138,8 +138,10 @@ def load_model(
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
     options: dict[str, object] = {}
+    inherit = "cpu"  # the profile a profile file pointing at a local copy would inherit
     if isinstance(source, Profile):
         profile = source
+        inherit = profile.name if profile.name in PROFILES else inherit
         if device is None:
             check_profile_device(profile)  # at once, before any download
         source = f"{RANDOM_PREFIX}{profile.name}" if random_weights else profile.model
@@ -170,7 +172,7 @@ def load_model(
     except OSError as error:
         if isinstance(folder, Path):  # a local folder: its own error says what is wrong with it
             raise
-        raise ModelUnavailableError(unavailable_message(str(source), error)) from error
+        raise ModelUnavailableError(unavailable_message(str(source), error, inherit)) from error
     if not any(name in from_pretrained_kwargs for name in _PLACING_OPTIONS):
         model.to(device)  # type: ignore[arg-type]  # transformers' wrapped .to() drops `self` from its type
     model.eval()
@@ -199,7 +201,7 @@ def _download_bars_only() -> Iterator[None]:
             disable_progress_bars()
 
 
-def unavailable_message(model: str, error: BaseException) -> str:
+def unavailable_message(model: str, error: BaseException, inherit: str = "cpu") -> str:
     """Why `model` could not be loaded and the ways on: the hub, its offline switch, a local folder."""
     return (
         f"cannot load the model {model!r}: {error}\n"
@@ -207,7 +209,7 @@ def unavailable_message(model: str, error: BaseException) -> str:
         f"Gemma, accept its licence and log in with `hf auth login`); with HF_HUB_OFFLINE=1 transformers reads "
         f"only models already in the hub cache and fails at once instead of retrying the network\n"
         f"- from a local folder: copy the model there (config.json, weights, tokenizer) and point a profile "
-        f"file at it, e.g. my.toml with `inherit = \"<profile>\"` and `model = \"/path/to/folder\"`, then "
+        f"file at it, e.g. my.toml with `inherit = \"{inherit}\"` and `model = \"/path/to/folder\"`, then "
         f"SPLITLIB_PROFILE=my.toml"
     )
 

@@ -34,6 +34,7 @@ from .engine import (
 )
 from .interventions import Intervention, check_intervention
 from .profiles import EngineSettings
+from .provenance import with_provenance
 from .scoring import EncodedPair, Tokenizer, check_loss, pref_odds, reduce_nll, token_nll, util_odds
 
 COLUMNS = ["pair_id", "split", "m", "loss_p", "loss_n", "pref_odds", "util_odds", "clamped"]
@@ -175,10 +176,20 @@ def _sweep_path(key: str) -> Path:
     return cache_root() / "sweeps" / f"{key}.parquet"
 
 
-def store_sweep(key: str, result: SweepResult) -> None:
+def store_sweep(key: str, result: SweepResult, model: nn.Module, intervention: Intervention | None) -> None:
     """Put losses computed elsewhere (a pass that also captured hidden states) where `run_sweep`
     with the same key finds them."""
-    cached_artifact(_sweep_path(key), lambda tmp: result.raw().to_parquet(tmp, index=False), made_by="sweep")
+    cached_artifact(_sweep_path(key), lambda tmp: write_table(result.raw(), tmp, model, result.pairs, intervention,
+                                                              multipliers=result.multipliers), made_by="sweep")
+
+
+def write_table(frame: pd.DataFrame, path: Path, model: nn.Module, pairs: Sequence[PolarityPair],
+                intervention: Intervention | None, **fields: object) -> None:
+    """`frame` as parquet with its provenance inside (model, layer, form, data, code version)."""
+    import pyarrow.parquet as pq
+
+    layer, form = (intervention.layer, intervention.form) if intervention is not None else (None, "none")
+    pq.write_table(with_provenance(frame, model=model, layer=layer, data=pairs, form=form, **fields), path)
 
 
 def run_sweep(
@@ -212,8 +223,8 @@ def run_sweep(
 
     def write(tmp: Path) -> None:
         with ResumableBatches(target.with_suffix(".partial")) as resume:
-            sweep_pass(model, tokenizer, pairs, intervention, grid, resume=resume, **options).raw().to_parquet(
-                tmp, index=False)
+            result = sweep_pass(model, tokenizer, pairs, intervention, grid, resume=resume, **options)
+            write_table(result.raw(), tmp, model, pairs, intervention, multipliers=grid)
 
     raw = pd.read_parquet(cached_artifact(target, write, made_by="sweep"))
     return SweepResult.from_raw(raw, pairs, grid).table(split, loss)

@@ -113,3 +113,13 @@ def test_a_sweep_in_a_read_only_cache(tmp_path, tokenizer, pairs, monkeypatch):
         monkeypatch.setenv("SPLITLIB_READONLY_CACHE", "compute")
         uncached = _sweep(tokenizer, pairs, max_answer_tokens=1)
         pd.testing.assert_frame_equal(uncached, _sweep(tokenizer, pairs, max_answer_tokens=1, cache=False))
+
+
+def test_a_cached_sweep_table_says_where_it_came_from(cache_dir, tokenizer, pairs):
+    from splitlib.interop import read_provenance
+
+    _sweep(tokenizer, pairs)
+    (stored,) = (cache_dir / "sweeps").glob("*.parquet")
+    record = read_provenance(stored)
+    assert record["layer"] == LAYER and record["form"] == "vector" and record["multipliers"] == GRID
+    assert record["data"]["pairs"] == len(pairs) and record["code_version"].startswith("splitlib")

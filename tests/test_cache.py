@@ -266,3 +266,19 @@ def test_a_damaged_artifact_in_a_read_only_cache_is_an_error(tmp_path):
     with _read_only(cache) as view:
         with pytest.raises(ReadOnlyCacheError, match=r"done\.parquet.*failed verification.*bytes"):
             cached_artifact(view / "done.parquet", _table)
+
+
+KINDS = {  # the artifacts' file kinds besides parquet tables and folders: captures and generations
+    "activations.npz": lambda path: np.savez(open(path, "wb"), values=np.arange(6.0).reshape(2, 3)),
+    "generations.json": lambda path: path.write_text(json.dumps(["an answer", "another"])),
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("damage", ["truncated", "edited"])
+def test_every_kind_of_file_is_checked(tmp_path, kind, damage):
+    final = cached_artifact(tmp_path / kind, KINDS[kind])
+    whole = final.read_bytes()
+    final.write_bytes(whole[: len(whole) // 2] if damage == "truncated" else whole.replace(b"a", b"b", 1))
+    with pytest.warns(CacheWarning, match=kind):
+        assert cached_artifact(final, KINDS[kind]).read_bytes() == whole

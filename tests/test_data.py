@@ -142,7 +142,8 @@ def test_a_local_folder_without_the_file_says_which(monkeypatch, tmp_path):
 
 
 def test_auto_falls_back_to_the_bundled_set_and_says_so(no_real_data):
-    task = load_task("psychopathy", get_profile("cpu"))
+    with pytest.warns(UserWarning, match="downloading .* failed: .*Connection refused.*using the bundled set"):
+        task = load_task("psychopathy", get_profile("cpu"))
     assert "bundled" in task.origin and any("real data unavailable" in note for note in task.notes)
     assert (len(task.train), len(task.test)) == (96, 48)
 
