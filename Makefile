@@ -10,7 +10,8 @@ PROFILE ?= $(or $(SPLITLIB_PROFILE),cpu)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
-NB_TIMEOUT := 900
+# Seconds per chapter cell, from the profile (cell_timeout): paper-scale cells run far longer than cpu ones.
+NB_TIMEOUT = $$($(PY) -m splitlib.build timeout)
 # torch first, pinned by constraints.txt: anything that resolves torch itself pulls GBs of CUDA wheels.
 TORCH := $(shell grep -E '^torch==' constraints.txt)
 NO_DEPS := $(shell python3 -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['tool']['splitlib']['no-deps']))")

@@ -8,7 +8,8 @@ multipliers, capture), `sweep` (the m-sweep table), `train` (SFT, RePS, SPLIT an
 (masks for packed rows), `cache` (atomic, content-keyed artifacts), `checks` (the argument checks
 every entry point shares), `plots` (the book's figures), `build` (executing and rendering the book),
 `browse` (the rendered pages, checked in headless Chromium), `interop` (reference-code files,
-llama.cpp control vectors, peft adapters, merged checkpoints, provenance) and `bench` (speed measurements).
+llama.cpp control vectors, peft adapters, merged checkpoints, provenance), `cli` (the `splitlib`
+command line) and `bench` (speed measurements).
 """
 import warnings
 

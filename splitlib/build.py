@@ -35,7 +35,7 @@ ProfileSpec = str | Profile  # a profile, a built-in profile's name, or a profil
 
 ROOT = Path(__file__).resolve().parent.parent
 STATUS_MARKER = "<!-- chapter-times -->"
-FINGERPRINTED = ("splitlib", "data", "pyproject.toml")
+FINGERPRINTED = ("splitlib", "data", "pyproject.toml", "constraints.txt")
 # MathJax 3.2.2 as shipped by this pinned package (pyproject's book extras); _config.yml's
 # mathjax_path points into the copy `html` puts in the site, so equations render offline.
 MATHJAX_PACKAGE = "sphinx-mathjax-offline"
@@ -78,7 +78,7 @@ def execution_key(chapter: Path, profile: ProfileSpec, root: Path = ROOT) -> str
     chosen = resolved(profile)
     return stable_hash({
         "chapter": chapter.read_text(),
-        "package": package_fingerprint(root),  # includes data/, the bundled sets
+        "package": package_fingerprint(root),  # includes splitlib/bundled/, the bundled sets
         "profile": {"name": chosen.name, "fields": profile_toml(chosen)},
         "data": data_state(),
     })

@@ -95,7 +95,7 @@ def find_chapter(name: str) -> Path:
     matches = [c for c in found if name in (c.stem, c.name)] or [c for c in found if c.stem.startswith(name)]
     if len(matches) != 1:
         raise UsageError(f"{'no' if not matches else 'more than one'} chapter matches {name!r}; "
-                           f"the chapters are {', '.join(c.stem for c in found)}")
+                         f"the chapters are {', '.join(c.stem for c in found)}")
     return matches[0]
 
 
@@ -129,7 +129,7 @@ def execute_notebook(target: Path, timeout: int, env: dict[str, str]) -> bool:
         print(f"cell {code.index(cell_index) + 1}/{len(code)} done in {seconds:.1f} s", flush=True)
 
     client = _echoing_client()(notebook, timeout=timeout, resources={"metadata": {"path": str(target.parent)}},
-                            on_cell_start=on_start, on_cell_executed=on_executed)
+                               on_cell_start=on_start, on_cell_executed=on_executed)
     try:
         client.execute(env=env)
         return True

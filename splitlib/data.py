@@ -401,7 +401,7 @@ def load_task(
 ) -> TaskData:
     """The task's seeded train/test pairs at the profile's sizes.
 
-    source='real' needs the public files (local folder or download); 'bundled' uses data/;
+    source='real' needs the public files (local folder or download); 'bundled' uses splitlib/bundled/;
     'auto' tries the real files and falls back to the bundled set with a warning that says why,
     and in `origin` and `notes`; a profile at the paper's sizes (`paper_setup`) never falls back.
     AxBench needs the model and tokenizer: A_n is the model's own greedy answer (cached).
@@ -422,12 +422,12 @@ def load_task(
             if profile.paper_setup:  # the bundled sets are far smaller than the paper's splits
                 raise FileNotFoundError(f"profile {profile.name!r} runs at the paper's sizes and needs the real "
                                         f"{task} data, not the bundled set: {error}") from error
-            note = f"real data unavailable ({error}); using the bundled set data/{BUNDLED_FILES[task]}"
+            note = f"real data unavailable ({error}); using the bundled set splitlib/bundled/{BUNDLED_FILES[task]}"
             warnings.warn(note, stacklevel=2)  # said when it happens, not only in TaskData.notes
             notes.append(note)
     if path is None:
         path = BUNDLED_DIR / BUNDLED_FILES[task]
-        origin = f"the project's own bundled set data/{BUNDLED_FILES[task]}"
+        origin = f"the project's own bundled set splitlib/bundled/{BUNDLED_FILES[task]}"
     sizes = profile.splits[task]
     if task == "psychopathy":
         train, test = split_pairs(statement_pairs(path), sizes.train, sizes.test, profile.seed)

@@ -87,6 +87,21 @@ def test_a_chapter_runs_cell_by_cell_into_a_stamped_notebook(tmp_path, no_data, 
     assert "is up to date" in capsys.readouterr().out
 
 
+def test_the_kernel_runs_in_the_notebooks_folder_with_the_profile_files_absolute_path(tmp_path, monkeypatch, capsys):
+    (tmp_path / "mine.toml").write_text("layer = 2\n")
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "run" / "probe.ipynb"
+    target.parent.mkdir()
+    cell = "import os, splitlib\nprint(os.getcwd(), os.environ['SPLITLIB_PROFILE'], splitlib.get_profile().layer)"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)],
+                                            metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                     "language": "python"}}), target)
+    assert cli.execute_notebook(target, 120, cli.kernel_env("mine.toml"))
+    outputs = nbformat.read(target, as_version=4).cells[0].outputs
+    assert outputs[0].text.split() == [str(target.parent), str(tmp_path / "mine.toml"), "2"]
+    assert "cell 1/1 done in" in capsys.readouterr().out
+
+
 def test_an_unknown_chapter_lists_the_chapters(capsys):
     assert cli.main(["chapter", "99"]) == 2
     assert "no chapter matches '99'; the chapters are 01-unified-view" in capsys.readouterr().err
@@ -173,7 +188,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 def test_a_failed_download_says_why_before_falling_back(empty_mirror, capsys):
     failed = f"downloading {empty_mirror}/anthropic-evals/persona/psychopathy.jsonl failed: HTTP 404"
-    with pytest.warns(UserWarning, match=f"{failed}.*using the bundled set data/statements.jsonl"):
+    with pytest.warns(UserWarning, match=f"{failed}.*using the bundled set splitlib/bundled/statements.jsonl"):
         task = load_task("psychopathy", get_profile("cpu"))
     assert "bundled" in task.origin and failed in task.notes[0]
     build.fetch_data(get_profile("cpu"))  # what `make book` and `splitlib chapter` do first
@@ -200,3 +215,15 @@ def test_a_model_that_cannot_be_fetched_says_how_to_get_it(monkeypatch):
     message = str(error.value)
     assert "cannot load the model 'no-such-org/no-such-model'" in message and "HF_HUB_OFFLINE=1" in message
     assert 'inherit = "qwen2.5-7b-it"' in message and 'model = "/path/to/folder"' in message
+
+
+def test_loading_hides_the_per_tensor_bar_but_keeps_download_bars():
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from transformers.utils import logging as hf_logging
+
+    from splitlib.models import _download_bars_only
+
+    hf_logging.enable_progress_bar()
+    with _download_bars_only():
+        assert not hf_logging.is_progress_bar_enabled() and not are_progress_bars_disabled()
+    assert hf_logging.is_progress_bar_enabled() and not are_progress_bars_disabled()
