@@ -209,6 +209,17 @@ def fit_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_command(args: argparse.Namespace) -> int:
+    """The intervention `train` makes (cached), written for another tool by `interop.export`."""
+    from .interop import export
+
+    profile, model, tokenizer, data = _task_setup(args)
+    intervention = trained(args, profile, model, tokenizer, data)
+    written = export(intervention, args.format, args.out, model, multiplier=args.multiplier, tokenizer=tokenizer)
+    print(f"{args.method} {args.form} (layer {intervention.layer}) as {args.format}: {written}")
+    return 0
+
+
 def _task_setup(args: argparse.Namespace) -> tuple[Profile, nn.Module, Tokenizer, TaskData]:
     """The profile (its device checked first), its model and the task's split, as a chapter loads them."""
     from .data import load_task
@@ -319,7 +330,14 @@ def parser() -> argparse.ArgumentParser:
     fit.add_argument("file", type=_table_path, help="a .csv or .parquet file from `splitlib sweep`")
     fit.add_argument("--seed", type=int, default=PROFILES[DEFAULT_PROFILE].seed, help="of the fits' restarts")
     fit.set_defaults(run=fit_command)
-    # `export` (artifacts for other tools) registers here: commands.add_parser("export", ...).
+    from .interop import EXPORT_FORMATS
+
+    export = commands.add_parser("export", parents=[task_options], help="write a trained intervention for "
+                                 "another tool: a llama.cpp control vector, a peft adapter, a merged checkpoint")
+    export.add_argument("--format", choices=EXPORT_FORMATS, required=True)
+    export.add_argument("--out", type=Path, required=True, help="the file (gguf) or folder to write")
+    export.add_argument("--multiplier", type=float, default=1.0, help="scales a gguf vector or a merged update")
+    export.set_defaults(run=export_command)
     return main_parser
 
 

@@ -304,7 +304,8 @@ def get_profile(name: str | os.PathLike | None = None) -> Profile:
     """The named profile, else the one `SPLITLIB_PROFILE` names, else `cpu`. A name ending in
     .toml or containing a slash is a profile file (`profile_from_file`)."""
     if name is not None and not isinstance(name, str | os.PathLike):
-        raise TypeError(f"profile name must be a profile's name or a profile file's path, got {type(name).__name__}")
+        raise TypeError("profile name must be a profile's name or a profile file's path, "
+                        f"got {type(name).__name__} {name!r}")
     chosen = os.fspath(name or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE)
     if is_profile_file(chosen):
         return profile_from_file(profile_path(chosen))

@@ -227,3 +227,15 @@ def test_loading_hides_the_per_tensor_bar_but_keeps_download_bars():
     with _download_bars_only():
         assert not hf_logging.is_progress_bar_enabled() and not are_progress_bars_disabled()
     assert hf_logging.is_progress_bar_enabled() and not are_progress_bars_disabled()
+
+
+def test_export_writes_a_control_vector_that_reads_back(tiny_profile, tmp_path, capsys):
+    from splitlib.interop import read_gguf
+
+    task = ["--task", "psychopathy", "--method", "split", "--form", "vector", "--profile", tiny_profile]
+    out = tmp_path / "vector.gguf"
+    with pytest.warns(UserWarning, match="real data unavailable"):
+        assert cli.main(["export", *task, "--format", "gguf", "--out", str(out), "--multiplier", "2"]) == 0
+    assert "as gguf" in capsys.readouterr().out
+    directions, fields = read_gguf(out)
+    assert list(directions) == [1] and fields["general.architecture"] == "controlvector"
