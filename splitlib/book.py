@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 # One number format for the book's tables, unless a column asks for another.
 DEFAULT_FORMAT = "{:.3g}"
+# Styler tables do not get the theme's dataframe styling: give their cells room and align them at the top.
+CELL_STYLE = [{"selector": "th, td", "props": "padding: 0.25em 0.5em; vertical-align: top; text-align: left;"}]
 
 
 def run_box(profile: Profile, model_info: ModelInfo, data: str) -> object:
@@ -48,7 +50,8 @@ def table(frame: pd.DataFrame, formats: Mapping[str, str] | None = None) -> Styl
     from `formats`), text left as it is."""
     numeric = [c for c in frame.columns if frame[c].dtype.kind in "fc"]
     chosen = {column: DEFAULT_FORMAT for column in numeric} | dict(formats or {})
-    return frame.style.format({c: f for c, f in chosen.items() if c in frame.columns}).hide(axis="index")
+    return (frame.style.format({c: f for c, f in chosen.items() if c in frame.columns}).hide(axis="index")
+            .set_table_styles(CELL_STYLE))
 
 
 def interval_table(frame: pd.DataFrame, value: str, index: list[str], columns: str,
