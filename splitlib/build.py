@@ -78,7 +78,7 @@ def execution_key(chapter: Path, profile: ProfileSpec, root: Path = ROOT) -> str
     chosen = resolved(profile)
     return stable_hash({
         "chapter": chapter.read_text(),
-        "package": package_fingerprint(root),  # includes splitlib/bundled/, the bundled sets
+        "package": package_fingerprint(root),  # splitlib/, data/ (the bundled sets), pyproject, constraints
         "profile": {"name": chosen.name, "fields": profile_toml(chosen)},
         "data": data_state(),
     })

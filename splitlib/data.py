@@ -4,7 +4,7 @@ Where the real files come from, in order: a local folder named by $SPLITLIB_DATA
 public repositories are mirrored: `anthropic-evals/...`, `axbench/...`); else a download from the
 public source at a pinned commit, checked against a sha256, into the cache; else a clear error.
 `load_task(..., source="auto")` falls back to the small sets the project wrote itself
-(`splitlib/bundled/`, shipped inside the package) and says so.
+(`data/`, shipped inside the package as `splitlib/bundled/`) and says so.
 """
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 
 DATA_ENV = "SPLITLIB_DATA"
 MIRROR_ENV = "SPLITLIB_DATA_MIRROR"  # a base URL laid out like $SPLITLIB_DATA (tests, private mirrors)
-BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"  # package data: installed with splitlib
+# The bundled sets: data/ in a checkout, splitlib/bundled/ in an installed wheel (pyproject maps one to the other).
+_PACKAGE = Path(__file__).resolve().parent
+BUNDLED_DIR = _PACKAGE / "bundled" if (_PACKAGE / "bundled").is_dir() else _PACKAGE.parent / "data"
 TASKS = ("psychopathy", "powerseeking", "axbench")
 Source = Literal["auto", "real", "bundled"]
 SOURCES = ("auto", "real", "bundled")
@@ -401,7 +403,7 @@ def load_task(
 ) -> TaskData:
     """The task's seeded train/test pairs at the profile's sizes.
 
-    source='real' needs the public files (local folder or download); 'bundled' uses splitlib/bundled/;
+    source='real' needs the public files (local folder or download); 'bundled' uses the project's data/;
     'auto' tries the real files and falls back to the bundled set with a warning that says why,
     and in `origin` and `notes`; a profile at the paper's sizes (`paper_setup`) never falls back.
     AxBench needs the model and tokenizer: A_n is the model's own greedy answer (cached).
@@ -422,12 +424,12 @@ def load_task(
             if profile.paper_setup:  # the bundled sets are far smaller than the paper's splits
                 raise FileNotFoundError(f"profile {profile.name!r} runs at the paper's sizes and needs the real "
                                         f"{task} data, not the bundled set: {error}") from error
-            note = f"real data unavailable ({error}); using the bundled set splitlib/bundled/{BUNDLED_FILES[task]}"
+            note = f"real data unavailable ({error}); using the bundled set data/{BUNDLED_FILES[task]}"
             warnings.warn(note, stacklevel=2)  # said when it happens, not only in TaskData.notes
             notes.append(note)
     if path is None:
         path = BUNDLED_DIR / BUNDLED_FILES[task]
-        origin = f"the project's own bundled set splitlib/bundled/{BUNDLED_FILES[task]}"
+        origin = f"the project's own bundled set data/{BUNDLED_FILES[task]}"
     sizes = profile.splits[task]
     if task == "psychopathy":
         train, test = split_pairs(statement_pairs(path), sizes.train, sizes.test, profile.seed)

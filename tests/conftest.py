@@ -108,3 +108,22 @@ def tokenizer():
     from splitlib.models import embedded_model_dir
 
     return AutoTokenizer.from_pretrained(embedded_model_dir())
+
+
+def counting_batches(monkeypatch: pytest.MonkeyPatch, dies_at: int | None = None) -> list[int]:
+    """Count the engine batches a sweep runs (the list grows by one per batch), raising
+    KeyboardInterrupt at batch number `dies_at` (1-based) as a killed run would."""
+    from splitlib import sweep as sweep_module
+
+    real = getattr(sweep_module.steered_batch, "__wrapped__", sweep_module.steered_batch)  # not a counter twice
+    calls: list[int] = []
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == dies_at:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    counted.__wrapped__ = real  # type: ignore[attr-defined]
+    monkeypatch.setattr(sweep_module, "steered_batch", counted)
+    return calls

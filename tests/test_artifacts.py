@@ -8,11 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import counting_batches, tiny_model
 from safetensors.torch import load_file, save_file
 
 from splitlib import Intervention
-from splitlib import sweep as sweep_module
 from splitlib.cache import CacheWarning
 from splitlib.profiles import EngineSettings, TrainConfig
 from splitlib.sweep import run_sweep
@@ -49,21 +48,12 @@ def test_an_edited_sweep_table_is_recomputed_not_served(cache_dir, tokenizer, pa
 def test_a_damaged_batch_of_an_interrupted_sweep_is_computed_again(cache_dir, tokenizer, pairs, monkeypatch):
     settings = EngineSettings(pairs_per_row=2)
     reference = _sweep(tokenizer, pairs, settings=settings, cache=False)
-    real, calls = sweep_module.steered_batch, []
-
-    def dies_on_third_batch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(sweep_module, "steered_batch", dies_on_third_batch)
+    counting_batches(monkeypatch, dies_at=3)
     with pytest.raises(KeyboardInterrupt):
         _sweep(tokenizer, pairs, settings=settings)
     (first_batch,) = (cache_dir / "sweeps").glob("*.partial/batch-00000-*.npy")
     first_batch.write_bytes(first_batch.read_bytes()[:-8] + np.float64(0.0).tobytes())
-    calls.clear()
-    monkeypatch.setattr(sweep_module, "steered_batch", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    calls = counting_batches(monkeypatch)
     with pytest.warns(CacheWarning, match="batch-00000"):
         resumed = _sweep(tokenizer, pairs, settings=settings)
     assert len(calls) == 2, "batch 0 (damaged) and batch 2 (never finished) are computed; batch 1 is reused"

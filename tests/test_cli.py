@@ -188,7 +188,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 def test_a_failed_download_says_why_before_falling_back(empty_mirror, capsys):
     failed = f"downloading {empty_mirror}/anthropic-evals/persona/psychopathy.jsonl failed: HTTP 404"
-    with pytest.warns(UserWarning, match=f"{failed}.*using the bundled set splitlib/bundled/statements.jsonl"):
+    with pytest.warns(UserWarning, match=f"{failed}.*using the bundled set data/statements.jsonl"):
         task = load_task("psychopathy", get_profile("cpu"))
     assert "bundled" in task.origin and failed in task.notes[0]
     build.fetch_data(get_profile("cpu"))  # what `make book` and `splitlib chapter` do first

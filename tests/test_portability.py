@@ -1,11 +1,12 @@
 """Portability: no POSIX-only import, data shipped inside the package, a license file."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
 import tomllib
-from importlib import resources
+import zipfile
 from pathlib import Path
 
 from splitlib.data import BUNDLED_DIR, BUNDLED_FILES
@@ -31,15 +32,21 @@ def test_splitlib_imports_and_locks_without_fcntl(tmp_path):
     assert done.stdout.split() == ["ok", "True"]
 
 
-def test_the_bundled_data_ships_inside_the_package():
-    package = resources.files("splitlib")
-    assert Path(str(package)) / "bundled" == BUNDLED_DIR
-    for name in [*BUNDLED_FILES.values(), "README.md"]:
-        assert (package / "bundled" / name).is_file(), name
-    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["splitlib"]
-    shipped = {path for pattern in patterns for path in BUNDLED_DIR.parent.glob(pattern)}
-    assert set(BUNDLED_DIR.iterdir()) <= shipped, "pyproject's package-data covers every bundled file"
-    assert not (ROOT / "data").exists(), "the data lives in splitlib/bundled only"
+def test_the_bundled_data_ships_inside_the_package(tmp_path):
+    """data/ in the checkout is what a built wheel holds as splitlib/bundled/, byte for byte."""
+    assert BUNDLED_DIR == ROOT / "data"
+    source = tmp_path / "source"  # a copy: building writes build/ and egg-info beside pyproject.toml
+    for folder in ("splitlib", "data"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path), str(source)], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("splitlib-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        for name in [*BUNDLED_FILES.values(), "README.md"]:
+            assert archive.read(f"splitlib/bundled/{name}") == (ROOT / "data" / name).read_bytes(), name
 
 
 def test_the_license_file_is_the_apache_license_pyproject_names():

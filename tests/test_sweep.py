@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import QUESTIONS, tiny_model
+from conftest import QUESTIONS, counting_batches, tiny_model
 
 from splitlib import FORMS, Intervention
 from splitlib import sweep as sweep_module
@@ -164,21 +164,11 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(cache_dir, tokenizer, pai
     intervention = Intervention.random(model, "local_weight", LAYER, seed=6, gain=4.0)
     reference = run_sweep(model, tokenizer, pairs, intervention, GRID, settings=TWO_PER_ROW, cache=False,
                           progress=False)
-    real = sweep_module.steered_batch
-    calls = []
-
-    def dies_on_second_batch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(sweep_module, "steered_batch", dies_on_second_batch)
+    counting_batches(monkeypatch, dies_at=2)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(model, tokenizer, pairs, intervention, GRID, settings=TWO_PER_ROW, progress=False)
     assert not list((cache_dir / "sweeps").glob("*.parquet")), "no table may exist after an interruption"
-    calls.clear()
-    monkeypatch.setattr(sweep_module, "steered_batch", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    calls = counting_batches(monkeypatch)
     resumed = run_sweep(model, tokenizer, pairs, intervention, GRID, settings=TWO_PER_ROW, progress=False)
     assert len(calls) == 2, "the first batch was finished before the interruption and is not recomputed"
     _close(resumed, reference, atol=1e-6)
