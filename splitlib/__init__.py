@@ -4,7 +4,9 @@ One module per idea: `profiles` (which model, layer and sizes), `models` (loadin
 `interventions` (the unified update of Eq. 4 in three forms), `data` (polarity pairs and splits),
 `scoring` (losses and the two log-odds), `engine` (the two-part forward: packed rows, batched
 multipliers, capture), `sweep` (the m-sweep table), `train` (SFT, RePS, SPLIT and DiffMean),
-`fit` (rational-quadratic decay fits), `geometry` (the activation manifold, measured), `attention`
+`fit` (rational-quadratic decay fits), `geometry` (the activation manifold, measured), `manifold`
+(those measures set against utility, per update), `evaluation` (one m per update and the
+updates compared there), `attention`
 (masks for packed rows), `cache` (atomic, content-keyed artifacts), `checks` (the argument checks
 every entry point shares), `plots` (the book's figures), `build` (executing and rendering the book),
 `browse` (the rendered pages, checked in headless Chromium), `interop` (reference-code files,
@@ -19,7 +21,7 @@ import warnings
 warnings.filterwarnings("ignore", message="IProgress not found")
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 
-from . import book, data, fit, geometry, interop, plots  # noqa: E402
+from . import book, data, evaluation, fit, geometry, interop, manifold, plots  # noqa: E402
 from .cache import cache_root
 from .data import TASKS, DataError, PolarityPair, TaskData, load_pairs, load_task
 from .interventions import (
@@ -72,6 +74,8 @@ __all__ = [
     "load_pairs",
     "DataError",
     "interop",
+    "evaluation",
+    "manifold",
     "naive_sweep",
     "precision_noise",
     "residual_norm",

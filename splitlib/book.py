@@ -54,13 +54,27 @@ def table(frame: pd.DataFrame, formats: Mapping[str, str] | None = None) -> Styl
             .set_table_styles(CELL_STYLE))
 
 
+def with_intervals(frame: pd.DataFrame, formats: Mapping[str, str]) -> pd.DataFrame:
+    """Each column named in `formats` written with its interval (the columns `<name>_low` and
+    `<name>_high`, then dropped) in that format, as "+0.12 [+0.01, +0.20]"."""
+    shown = frame.copy()
+    for name, form in formats.items():
+        bounds = [f"{name}_low", f"{name}_high"]
+        missing = [column for column in (name, *bounds) if column not in frame.columns]
+        if missing:
+            raise ValueError(f"with_intervals: the table has no column {missing[0]!r} (it has {list(frame.columns)})")
+        shown[name] = [f"{form.format(v)} [{form.format(low)}, {form.format(high)}]"
+                       for v, low, high in zip(frame[name], frame[bounds[0]], frame[bounds[1]], strict=True)]
+        shown = shown.drop(columns=bounds)
+    return shown
+
+
 def interval_table(frame: pd.DataFrame, value: str, index: list[str], columns: str,
                    labels: Mapping[str, str] | None = None, caption: str = "") -> Styler:
     """`value` with its interval (the columns `<value>_low`, `<value>_high`) written "+0.12
     [+0.01, +0.20]", one row per `index` and one column per value of `columns` (renamed by `labels`)."""
-    shown = [f"{v:+.2f} [{low:+.2f}, {high:+.2f}]"
-             for v, low, high in zip(frame[value], frame[f"{value}_low"], frame[f"{value}_high"], strict=True)]
-    wide = (frame.assign(shown=shown)
+    shown = with_intervals(frame, {value: "{:+.2f}"})[value]
+    wide = (frame.assign(shown=shown.to_numpy())
             .pivot_table(index=index, columns=columns, values="shown", aggfunc="first", sort=False)
             .rename(columns=dict(labels or {})).reset_index())
     wide.columns.name = None

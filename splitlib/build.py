@@ -7,6 +7,7 @@ field of the resolved profile (a built-in or a profile file) and which real data
 read (by checksum); each profile has its own folders, named after it:
 
     _notebooks/<profile>/<chapter>.ipynb   executed notebooks (nbmake runs here)
+    _notebooks/<profile>/results.json      every value the chapters glue into their pages
     _build/<profile>/site/                 the book as Sphinx sees it (executed chapters staged in)
     _build/html (cpu) or _build/html-<profile>   the HTML, with MathJax served from its own _static/
 
@@ -35,6 +36,7 @@ ProfileSpec = str | Profile  # a profile, a built-in profile's name, or a profil
 
 ROOT = Path(__file__).resolve().parent.parent
 STATUS_MARKER = "<!-- chapter-times -->"
+RESULTS_FILE = "results.json"  # every glued value of a profile's chapters, beside its notebooks
 FINGERPRINTED = ("splitlib", "data", "pyproject.toml", "constraints.txt")
 # MathJax 3.2.2 as shipped by this pinned package (pyproject's book extras); _config.yml's
 # mathjax_path points into the copy `html` puts in the site, so equations render offline.
@@ -147,13 +149,16 @@ def _stamp(notebook: NotebookNode) -> dict:
 
 
 def record(profile: ProfileSpec, root: Path = ROOT) -> list[str]:
-    """Stamp each freshly executed notebook with its key and execution time.
+    """Stamp each freshly executed notebook with its key and execution time, then write the
+    profile's results file (`write_results`).
 
     A notebook is stamped only if every code cell ran and none raised; an unstamped notebook is
     executed again next time.
     """
-    return [target.stem for target in sorted(notebook_dir(profile, root).glob("*.ipynb"))
-            if record_notebook(target)]
+    stamped = [target.stem for target in sorted(notebook_dir(profile, root).glob("*.ipynb"))
+               if record_notebook(target)]
+    write_results(profile, root)
+    return stamped
 
 
 def record_notebook(target: Path) -> bool:
@@ -190,6 +195,71 @@ def execution_seconds(notebook: NotebookNode) -> float:
     return (max(ends) - min(starts)).total_seconds() if starts else float("nan")
 
 
+def glued_values(notebook: NotebookNode) -> list[dict[str, str]]:
+    """Each value a notebook glues (myst-nb's `glue`), as the page shows it: name, kind (text,
+    table or figure) and, for text, the value."""
+    import ast
+
+    found = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            name = output.get("metadata", {}).get("scrapbook", {}).get("name")
+            if name is None:
+                continue
+            shown = {mime.rsplit("/", 2)[-2] + "/" + mime.rsplit("/", 1)[-1]: value
+                     for mime, value in output.get("data", {}).items()}
+            entry = {"name": name}
+            if any(mime.startswith("image/") for mime in shown):
+                entry["kind"] = "figure"
+            elif "text/html" in shown:
+                entry["kind"] = "table"
+            else:
+                text = shown.get("text/plain", "")
+                try:
+                    value = ast.literal_eval(text)
+                except (ValueError, SyntaxError):
+                    value = text
+                entry.update(kind="text", value=str(value))
+            found.append(entry)
+    return found
+
+
+def results_path(profile: ProfileSpec, root: Path = ROOT) -> Path:
+    return notebook_dir(profile, root) / RESULTS_FILE
+
+
+def write_results(profile: ProfileSpec, root: Path = ROOT) -> Path:
+    """Every value the chapters glue into their pages, with its name, chapter and profile, in one
+    JSON file per profile, so two builds or two profiles can be compared and a number cited.
+
+    Written atomically from the executed notebooks that exist."""
+    import json
+
+    import nbformat
+
+    name = resolved(profile).name
+    entries = []
+    for chapter in chapters(root):
+        executed = notebook_dir(profile, root) / f"{chapter.stem}.ipynb"
+        if executed.exists():
+            notebook = nbformat.read(executed, as_version=4)
+            entries += [{"chapter": chapter.stem, "profile": name, **entry} for entry in glued_values(notebook)]
+    target = results_path(profile, root)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".tmp-{target.name}")
+    partial.write_text(json.dumps(entries, indent=1, ensure_ascii=False) + "\n")
+    partial.replace(target)
+    return target
+
+
+def chapter_title(chapter: Path) -> str:
+    """The first top-level heading of a chapter's text."""
+    for line in chapter.read_text().splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    return chapter.stem
+
+
 def status_table(profile: ProfileSpec, root: Path = ROOT) -> str:
     """A Markdown table of each chapter's execution time, for the status page."""
     import nbformat
@@ -201,8 +271,12 @@ def status_table(profile: ProfileSpec, root: Path = ROOT) -> str:
         notebook = nbformat.read(notebook_dir(profile, root) / f"{chapter.stem}.ipynb", as_version=4)
         stamp = _stamp(notebook)
         total += stamp["seconds"]
-        rows.append(f"| {chapter.stem} | {profile} | {stamp['seconds']:.1f} | {stamp['executed_at']} |")
+        rows.append(f"| [{chapter_title(chapter)}]({chapter.stem}.ipynb) | {profile} | {stamp['seconds']:.1f} "
+                    f"| {stamp['executed_at']} |")
     rows.append(f"| **all chapters** | {profile} | **{total:.1f}** | |")
+    if results_path(profile, root).exists():
+        rows.append(f"\nEvery value the chapters glue into their text, with its name and chapter: "
+                    f"{{download}}`{RESULTS_FILE} <{RESULTS_FILE}>`.")
     return "\n".join(rows)
 
 
@@ -226,6 +300,8 @@ def stage(profile: ProfileSpec, root: Path = ROOT) -> Path:
         (site / "book" / chapter.name).unlink()
         shutil.copy(executed, site / "book" / executed.name)
     status = site / "book" / "status.md"
+    if results_path(profile, root).exists():
+        shutil.copy(results_path(profile, root), site / "book" / RESULTS_FILE)
     if status.exists():
         status.write_text(status.read_text().replace(STATUS_MARKER, status_table(profile, root)))
     _disable_execution(site / "_config.yml")

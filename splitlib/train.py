@@ -14,6 +14,7 @@ import dataclasses
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import pandas as pd
 import torch
@@ -38,7 +39,7 @@ from .engine import (
 from .interventions import FORMS, Intervention, check_form
 from .models import as_causal_lm, check_layer, decoder_layers, down_projection
 from .profiles import EngineSettings, Profile, TrainConfig, check_profile
-from .scoring import EncodedPair, Tokenizer
+from .scoring import EncodedPair, Tokenizer, end_of_turn
 from .sweep import run_sweep
 
 METHODS = ("diffmean", "sft", "reps", "split")
@@ -430,13 +431,20 @@ def evaluation_sweeps(model: nn.Module, tokenizer: Tokenizer, splits: dict[str, 
 
 
 # ----- DiffMean and the residual-norm unit --------------------------------------------------------------
+DiffMeanTokens = Literal["answer", "completion"]
+DIFFMEAN_TOKENS: tuple[DiffMeanTokens, ...] = ("answer", "completion")
+
+
 def completion_activations(model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[PolarityPair], layer: int,
-                           max_answer_tokens: int | None = None,
-                           settings: EngineSettings | None = None) -> tuple[Tensor, Tensor]:
+                           max_answer_tokens: int | None = None, settings: EngineSettings | None = None,
+                           tokens: DiffMeanTokens = "completion") -> tuple[Tensor, Tensor]:
     """Layer-L outputs at the completion tokens of every answer, unsteered.
 
-    Returns (per-answer means, shape (2 * n_pairs, d), rows A_p, A_n per pair; and the norm of
+    Returns (per-answer means over `tokens` — "answer": the answer's own tokens, "completion": those
+    and the end-of-turn text — shape (2 * n_pairs, d), rows A_p, A_n per pair; and the norm of
     every completion token's activation)."""
+    check_choice("tokens", tokens, DIFFMEAN_TOKENS)
+    end_tokens = len(tokenizer(end_of_turn(tokenizer), add_special_tokens=False).input_ids) if tokens == "answer" else 0
     check_pairs(pairs, "DiffMean")
     check_layer(model, layer)
     encoded = encode_pairs(tokenizer, pairs, max_answer_tokens)
@@ -453,17 +461,20 @@ def completion_activations(model: nn.Module, tokenizer: Tokenizer, pairs: Sequen
             norms.append(selected.norm(dim=-1).cpu())
             rows = [j for i in indices for j in (2 * i, 2 * i + 1)]
             for row, chunk in zip(rows, torch.split(selected, batch.lengths)):
-                means[row] = chunk.mean(dim=0).cpu()
+                means[row] = chunk[: len(chunk) - end_tokens].mean(dim=0).cpu()
     return means, torch.cat(norms)
 
 
 def diffmean(model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[PolarityPair], layer: int,
-             max_answer_tokens: int | None = None) -> Intervention:
-    """DiffMean: the mean over pairs of [mean layer-L output over A_p's completion tokens] minus the
+             max_answer_tokens: int | None = None, tokens: DiffMeanTokens = "answer") -> Intervention:
+    """DiffMean: the mean over pairs of [mean layer-L output over A_p's answer tokens] minus the
     same for A_n, as a vector-form intervention at `layer`. (The last prompt token is shared by
-    both answers, so a difference taken there would be zero.)"""
+    both answers, so a difference taken there would be zero.)
+
+    `tokens="answer"` averages the answer's own tokens, as the reference code does;
+    `"completion"` adds the end-of-turn text the losses also score."""
     check_layer(model, layer)
-    means, _ = completion_activations(model, tokenizer, pairs, layer, max_answer_tokens)
+    means, _ = completion_activations(model, tokenizer, pairs, layer, max_answer_tokens, tokens=tokens)
     direction = (means[0::2] - means[1::2]).mean(dim=0).float()
     return Intervention("vector", layer, delta_b=direction).requires_grad_(False)
 

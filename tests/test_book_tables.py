@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 import splitlib
+from splitlib import book
 from splitlib.book import hyperparameter_table, interval_table
 from splitlib.train import config_for
 
@@ -31,3 +33,12 @@ def test_the_hyperparameter_table_keeps_what_varies_and_names_the_rest_once():
     named = set(varying) | {part.split(" = ")[0] for part in styled.caption.split(": ", 1)[1].rstrip(".").split(", ")
                             if " = " in part}
     assert named == every, "every setting is shown, in the table or the caption"
+
+
+def test_with_intervals_writes_each_value_with_its_bounds_and_drops_them():
+    frame = pd.DataFrame({"method": ["split"], "accuracy": [0.9], "accuracy_low": [0.8], "accuracy_high": [0.95]})
+    shown = book.with_intervals(frame, {"accuracy": "{:.0%}"})
+    assert list(shown.columns) == ["method", "accuracy"]
+    assert shown.accuracy.iloc[0] == "90% [80%, 95%]"
+    with pytest.raises(ValueError, match="no column 'pref_odds_low'"):
+        book.with_intervals(frame.assign(pref_odds=1.0), {"pref_odds": "{:+.2f}"})

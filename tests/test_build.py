@@ -153,3 +153,31 @@ def test_staging_refuses_a_stale_notebook(project):
     (project / "splitlib" / "core.py").write_text("VALUE = 3\n")
     with pytest.raises(RuntimeError, match="ch1.md has no up-to-date executed notebook"):
         build.stage("cpu", root=project)
+
+
+def _glue(name: str, mime: str, value: str) -> nbformat.NotebookNode:
+    """An output as myst-nb's `glue` writes it."""
+    prefix = "application/papermill.record/"
+    return nbformat.v4.new_output("display_data", data={f"{prefix}{mime}": value},
+                                  metadata={"scrapbook": {"name": name, "mime_prefix": prefix}})
+
+
+def test_the_results_file_holds_every_glued_value_with_its_chapter_and_profile(project):
+    import json
+
+    (stale,) = build.prepare("cpu", root=project)
+    _execute(stale)
+    notebook = nbformat.read(stale, as_version=4)
+    notebook.cells[-1].outputs = [_glue("accuracy", "text/plain", "'93 %'"), _glue("n_pairs", "text/plain", "40"),
+                                  _glue("fig_curve", "image/png", "iVBOR"), _glue("table", "text/html", "<table/>")]
+    nbformat.write(notebook, stale)
+    build.record("cpu", root=project)
+    results = json.loads(build.results_path("cpu", root=project).read_text())
+    assert results == [
+        {"chapter": "ch1", "profile": "cpu", "name": "accuracy", "kind": "text", "value": "93 %"},
+        {"chapter": "ch1", "profile": "cpu", "name": "n_pairs", "kind": "text", "value": "40"},
+        {"chapter": "ch1", "profile": "cpu", "name": "fig_curve", "kind": "figure"},
+        {"chapter": "ch1", "profile": "cpu", "name": "table", "kind": "table"},
+    ]
+    assert "results.json" in build.status_table("cpu", root=project)
+    assert "[A chapter](ch1.ipynb)" in build.status_table("cpu", root=project)

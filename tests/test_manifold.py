@@ -1,0 +1,53 @@
+"""Chapter 3's per-update readings on hand-made measures: distances grow with |m|, utility falls."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from splitlib import geometry, manifold
+
+GRID = (-2.0, -1.0, 0.0, 1.0, 2.0)
+PAIRS = ("a", "b", "c", "d")
+
+
+def _measures(scale: float) -> pd.DataFrame:
+    rows = [{"hidden_state": 4, "m": m, "pair_id": pair, "token": token,
+             **{name: (1 + scale * abs(m)) * (1 + 0.1 * i) for name in geometry.DISTANCES},
+             **{name: m * (1 + 0.1 * i) for name in geometry.PROJECTIONS}}
+            for m in GRID for i, pair in enumerate(PAIRS) for token in range(2)]
+    return pd.DataFrame(rows)
+
+
+def _sweeps() -> pd.DataFrame:
+    rows = [{"method": method, "form": "vector", "split": split, "m": m, "pair_id": pair,
+             "pref_odds": m, "util_odds": -1.0 - m * m - 0.1 * i}
+            for method in ("diffmean", "split") for split in ("train", "test") for m in GRID
+            for i, pair in enumerate(PAIRS)]
+    return pd.DataFrame(rows)
+
+
+MEASURED = {("diffmean", "vector"): _measures(1.0), ("split", "vector"): _measures(3.0)}
+
+
+def test_distance_curves_are_ratios_to_the_unsteered_point_beside_the_utility_drop():
+    curves = manifold.distance_curves(MEASURED, _sweeps())
+    at_zero = curves[curves.m == 0]
+    assert np.allclose(at_zero[list(geometry.DISTANCES)], 1.0) and np.allclose(at_zero.util_drop, 0.0)
+    split_two = curves[(curves.method == "split") & (curves.m == 2.0)].iloc[0]
+    assert split_two.mahalanobis == pytest.approx(7.0) and split_two.util_drop == pytest.approx(-4.0)
+
+
+def test_distance_against_utility_is_a_perfect_negative_rank_correlation():
+    rho = manifold.utility_correlations(MEASURED, _sweeps(), n_boot=50)
+    assert set(rho.method) == {"diffmean", "split"}  # distance and utility both depend on |m| alone
+    assert np.allclose(rho.rho_util, -1.0)
+    assert (rho.util_peak_m == 0).all()
+
+
+def test_an_update_missing_from_the_sweeps_is_named():
+    sweeps = _sweeps()
+    with pytest.raises(ValueError, match="no test rows for split · vector"):
+        manifold.distance_curves(MEASURED, sweeps[sweeps.method != "split"])
+    with pytest.raises(ValueError, match="no measured updates"):
+        manifold.utility_correlations({}, sweeps)
