@@ -6,7 +6,8 @@ One module per idea: `profiles` (which model, layer and sizes), `models` (loadin
 multipliers, capture), `sweep` (the m-sweep table), `train` (SFT, RePS, SPLIT and DiffMean),
 `fit` (rational-quadratic decay fits), `geometry` (the activation manifold, measured), `manifold`
 (those measures set against utility, per update), `evaluation` (one m per update and the
-updates compared there), `attention`
+updates compared there), `generations` (steered answers for open-ended evaluation), `judge`
+(judge models scoring them), `attention`
 (masks for packed rows), `cache` (atomic, content-keyed artifacts), `checks` (the argument checks
 every entry point shares), `plots` (the book's figures), `build` (executing and rendering the book),
 `browse` (the rendered pages, checked in headless Chromium), `interop` (reference-code files,
@@ -21,9 +22,10 @@ import warnings
 warnings.filterwarnings("ignore", message="IProgress not found")
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 
-from . import book, data, evaluation, fit, geometry, interop, manifold, plots  # noqa: E402
+from . import book, data, evaluation, fit, geometry, interop, judge, manifold, plots  # noqa: E402
 from .cache import cache_root
 from .data import TASKS, DataError, PolarityPair, TaskData, load_pairs, load_task
+from .generations import evaluation_generations
 from .interventions import (
     FORMS,
     Applied,
@@ -74,6 +76,8 @@ __all__ = [
     "load_pairs",
     "DataError",
     "interop",
+    "judge",
+    "evaluation_generations",
     "evaluation",
     "manifold",
     "naive_sweep",

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from pandas.io.formats.style import Styler
 
+    from .evaluation import TaskEvaluation
     from .models import ModelInfo
 
 # One number format for the book's tables, unless a column asks for another.
@@ -100,3 +101,41 @@ def _short(value: object) -> object:
         return value
     shown = [f"{v:g}" if isinstance(v, float) else str(v) for v in value]
     return ", ".join(shown) if len(shown) <= 4 else f"{shown[0]}, {shown[1]}, …, {shown[-1]} ({len(shown)} values)"
+
+
+def cut(text: object, width: int) -> str:
+    """Text on one line, cut to `width` characters with an ellipsis; an empty answer says so."""
+    text = " ".join(str(text).split())
+    if not text:
+        return "(nothing: the turn ends at once)"
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
+
+
+def answers_table(generations: pd.DataFrame, width: int = 160) -> Styler:
+    """Generations (`evaluation_generations`) as one row per update and one column per question,
+    each answer cut to `width` characters (`cut`)."""
+    wide = (generations.assign(answer=generations.generation.map(lambda text: cut(text, width)),
+                               question=generations["index"].map(lambda i: f"answer {i + 1}"))
+            .pivot_table(index=["update", "m"], columns="question", values="answer", aggfunc="first", sort=False)
+            .reset_index())
+    wide.columns.name = None
+    return table(wide, {"m": "{:g}"})
+
+
+def evaluation_sample(evaluation: TaskEvaluation, question: int = 0, width: int = 160) -> Styler:
+    """Every update's answer to one test question of an evaluated task, with the judge's scores and
+    reasons where a judge scored them; captioned with the task and the question."""
+    rows = evaluation.judged if evaluation.judged is not None else evaluation.generations
+    if rows is None:
+        raise ValueError(f"the {evaluation.task} evaluation has no generations (evaluate_task(generate=True))")
+    rows = rows[rows["index"] == question]
+    if rows.empty:
+        raise ValueError(f"the {evaluation.task} generations have no question {question}")
+    shown = rows.assign(answer=rows.generation.map(lambda text: cut(text, width)))
+    reasons = [c for c in rows.columns if c.endswith("_answer")]
+    scores = [c for c in rows.columns if c.endswith("_score") or c == "harmonic_mean"]
+    for column in reasons:
+        shown[column.removesuffix("_answer") + " reason"] = rows[column].map(lambda text: cut(text, width))
+    columns = ["update", "m", "answer", *scores, *(c.removesuffix("_answer") + " reason" for c in reasons)]
+    caption = f"{evaluation.task}: {cut(rows.question.iloc[0], 2 * width)}"
+    return table(shown[columns], {"m": "{:g}"}).set_caption(caption)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -17,8 +18,9 @@ from .scoring import choose_multiplier, summarise
 if TYPE_CHECKING:
     from torch import nn
 
-    from .data import PolarityPair
+    from .data import PolarityPair, TaskData
     from .interventions import Intervention
+    from .judge import Judge
     from .profiles import Profile, TrainConfig
     from .scoring import Tokenizer
 
@@ -49,7 +51,7 @@ def at_chosen(summary: pd.DataFrame, chosen: Mapping[UpdateKey, float], split: s
     unsteered = first[first.m == 0]
     if unsteered.empty:
         raise ValueError(f"the {split} summary has no unsteered point (m = 0)")
-    rows = [{"form": "-", "method": "vanilla", "m": 0.0, **unsteered.iloc[0][list(TABLE_COLUMNS + INTERVALS)]}]
+    rows = [{"form": "-", "method": "unsteered", "m": 0.0, **unsteered.iloc[0][list(TABLE_COLUMNS + INTERVALS)]}]
     for key, m in chosen.items():
         at = _update(summary, key, split)
         at = at[at.m == m]
@@ -59,13 +61,57 @@ def at_chosen(summary: pd.DataFrame, chosen: Mapping[UpdateKey, float], split: s
     return pd.DataFrame(rows)
 
 
+def frontier_reach(summary: pd.DataFrame, tolerance: float = 1.0, split: str = "test") -> pd.DataFrame:
+    """Per method and form: the highest mean PrefOdds (with its interval, and the m where it is
+    reached) among the m >= 0 whose mean UtilOdds stays within `tolerance` nats below the
+    unsteered model's: how much preference each update buys at matched utility."""
+    part = summary[(summary.split == split) & (summary.m >= 0)]
+    unsteered = part[part.m == 0]
+    if unsteered.empty:
+        raise ValueError(f"the {split} summary has no unsteered point (m = 0)")
+    within = part[part.util_odds >= float(unsteered.util_odds.iloc[0]) - tolerance]
+    best = within.loc[within.groupby(["method", "form"], sort=False).pref_odds.idxmax()]
+    return best[["method", "form", "m", "pref_odds", "pref_odds_low", "pref_odds_high"]].reset_index(drop=True)
+
+
+def split_verdicts(reach: pd.DataFrame, method: str = "split") -> pd.DataFrame:
+    """Per form, `method`'s reach (`frontier_reach`) against the best other trained method's, and
+    the verdict the intervals allow: "leads" (its interval lies above every other method's),
+    "trails" (another's lies above its own) or "ties"."""
+    rows = []
+    for form, group in reach[reach.method != "diffmean"].groupby("form", sort=False):
+        own, others = group[group.method == method], group[group.method != method]
+        if own.empty or others.empty:
+            continue
+        mine, best = own.iloc[0], others.loc[others.pref_odds.idxmax()]
+        verdict = ("leads" if mine.pref_odds_low > others.pref_odds_high.max()
+                   else "trails" if mine.pref_odds_high < others.pref_odds_low.max() else "ties")
+        rows.append({"form": form, "verdict": verdict, "reach": mine.pref_odds, "reach_low": mine.pref_odds_low,
+                     "reach_high": mine.pref_odds_high, "best other": best.method, "other reach": best.pref_odds,
+                     "other reach_low": best.pref_odds_low, "other reach_high": best.pref_odds_high})
+    return pd.DataFrame(rows)
+
+
+def verdict_sentence(verdicts: pd.DataFrame, method: str = "SPLIT") -> str:
+    """`split_verdicts` in words: "SPLIT leads in vector, ties in LoRA and trails in local weight"."""
+    if verdicts.empty:
+        return f"{method} has no form to compare"
+    parts = [f"{verdict} in {form.replace('_', ' ')}" for form, verdict in zip(verdicts.form, verdicts.verdict)]
+    return f"{method} " + (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
+
+
 def knob_variants(base: TrainConfig) -> dict[str, TrainConfig]:
     """SPLIT's configuration as given and with each knob moved: λ_n off and to 1, the hinge γ off and
     doubled, the margin θ quartered and doubled."""
-    moves = (("λ_n", "lambda_n", (0.0, 1.0)), ("γ", "gamma", (0.0, 2 * base.gamma)),
-             ("θ", "theta", (base.theta / 4, 2 * base.theta)))
-    return {"as configured": base, **{f"{name} = {value:g}": dataclasses.replace(base, **{field: value})
-                                      for name, field, values in moves for value in values}}
+    moves: tuple[tuple[str, str, tuple[float, float]], ...] = (
+        ("λ_n", "lambda_n", (0.0, 1.0)), ("γ", "gamma", (0.0, 2 * base.gamma)),
+        ("θ", "theta", (base.theta / 4, 2 * base.theta)))
+    variants = {"as configured": base}
+    for name, knob, values in moves:
+        for value in values:
+            changes: dict[str, Any] = {knob: value}
+            variants[f"{name} = {value:g}"] = dataclasses.replace(base, **changes)
+    return variants
 
 
 def ablation(model: nn.Module, tokenizer: Tokenizer, train: Sequence[PolarityPair], test: Sequence[PolarityPair],
@@ -85,3 +131,84 @@ def ablation(model: nn.Module, tokenizer: Tokenizer, train: Sequence[PolarityPai
         at = summarise(sweep, by=("m",), seed=profile.seed).iloc[-1]
         rows.append({"variant": name, **at[list(TABLE_COLUMNS + INTERVALS)]})
     return pd.DataFrame(rows)
+
+
+# ----- every task at its chosen m: the paper's Table 3 ---------------------------------------------------
+JUDGE_COLUMNS = {"powerseeking": ("powerseeking_score",), "axbench": ("concept_score", "harmonic_mean")}
+
+
+@dataclass
+class TaskEvaluation:
+    """One task evaluated the way chapter 5 evaluates Psychopathy, plus generations for a judge."""
+
+    task: str
+    data: TaskData
+    summary: pd.DataFrame  # `scoring.summarise` per method, form, split and m (m >= 0)
+    chosen: dict[UpdateKey, float]  # each update's m, chosen on the training split
+    table: pd.DataFrame  # `at_chosen` on the test split: share preferring A_p, PrefOdds, UtilOdds
+    generations: pd.DataFrame | None = None  # at the chosen m, on the first test questions
+    judged: pd.DataFrame | None = None  # the generations with the judge's scores
+
+    @property
+    def scores(self) -> pd.DataFrame | None:
+        """Mean judge scores per update (`judge.judgment_summary`), or None without a judge."""
+        from .judge import judgment_summary
+
+        return None if self.judged is None else judgment_summary(self.judged)
+
+
+def update_name(key: UpdateKey) -> str:
+    """How tables and generations name an update: "split · lora"."""
+    return " · ".join(key)
+
+
+def evaluate_task(model: nn.Module, tokenizer: Tokenizer, profile: Profile, task: str, *, tolerance: float = 1.0,
+                  generate: bool = True, judge: Judge | None = None, sample: bool = True) -> TaskEvaluation:
+    """Chapter 5's whole evaluation for one task: train every method and form (cached), sweep
+    m >= 0 on both splits, choose each update's m on the training split, read the test split there;
+    then generate at the chosen m on the profile's first `evaluation_questions` test questions and,
+    with a judge, score the generations (`judge.judge_generations`)."""
+    from .data import load_task
+    from .generations import evaluation_generations
+    from .judge import judge_generations
+    from .train import evaluation_sweeps, residual_norm, train_all
+
+    data = load_task(task, profile, model, tokenizer)
+    trained = train_all(model, tokenizer, data.train, profile, task)
+    unit = residual_norm(model, tokenizer, data.train, profile.layer)
+    sweeps = evaluation_sweeps(model, tokenizer, {"train": data.train, "test": data.test}, trained, profile, unit,
+                               negative=False)
+    summary = summarise(sweeps, by=("method", "form", "split", "m"), seed=profile.seed)
+    chosen = choose_multipliers(summary, trained, tolerance=tolerance)
+    result = TaskEvaluation(task, data, summary, chosen, at_chosen(summary, chosen, split="test"))
+    if generate or judge is not None:
+        updates = {"unsteered": (None, 0.0), **{update_name(key): (trained[key], m) for key, m in chosen.items()}}
+        questions = data.test[: profile.evaluation_questions]
+        result.generations = evaluation_generations(model, tokenizer, questions, updates,
+                                                    max_new_tokens=profile.generation_tokens, sample=sample,
+                                                    seed=profile.seed)
+        if judge is not None:
+            result.judged = judge_generations(result.generations, task, judge)
+    return result
+
+
+def table3(evaluations: Mapping[str, TaskEvaluation]) -> pd.DataFrame:
+    """One row per update (the unsteered model first), in the layout of the paper's Table 3: per
+    task the share of test pairs preferring A_p (Psychopathy's accuracy) with its interval and,
+    where a judge scored the generations, its mean scores and how many were missing."""
+    if not evaluations:
+        raise ValueError("no task evaluations: pass {task: evaluate_task(...)}")
+    columns: dict[str, pd.Series] = {}
+    for task, evaluation in evaluations.items():
+        table = evaluation.table.assign(update=lambda t: [
+            "unsteered" if method == "unsteered" else update_name((method, form))
+            for method, form in zip(t.method, t.form, strict=True)]).set_index("update")
+        for end in ("", "_low", "_high"):
+            columns[f"{task} A_p share{end}"] = table[f"accuracy{end}"]
+        scores = evaluation.scores
+        if scores is not None:
+            scores = scores.set_index("update")
+            for name in JUDGE_COLUMNS.get(task, ()):
+                columns[f"{task} {name}"] = scores[name]
+                columns[f"{task} {name} missing"] = scores[f"{name}_missing"]
+    return pd.DataFrame(columns).rename_axis("update").reset_index()

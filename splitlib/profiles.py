@@ -201,6 +201,7 @@ class Profile:
     axbench_concepts: tuple[int, ...] = tuple(range(10))
     max_answer_tokens: int | None = None  # truncate long answers (AxBench) before scoring
     generation_tokens: int = 128  # new tokens for A_n of AxBench and for steered examples
+    evaluation_questions: int | None = None  # test questions generated per update for a judge (None: all)
     engine: EngineSettings = EngineSettings()  # how sweeps, captures and DiffMean batch their work
     seed: int = 42
     split_configs: dict[tuple[str, str], TrainConfig] = field(default_factory=dict)
@@ -222,6 +223,7 @@ class Profile:
         check_positive_int("Profile.lora_rank", self.lora_rank)
         check_positive_int("Profile.max_answer_tokens", self.max_answer_tokens, optional=True)
         check_positive_int("Profile.generation_tokens", self.generation_tokens)
+        check_positive_int("Profile.evaluation_questions", self.evaluation_questions, optional=True)
         check_int("Profile.seed", self.seed)
         check_type("Profile.engine", self.engine, EngineSettings)
         for name in ("vector_grid", "weight_grid", "relative_grid"):
@@ -282,6 +284,7 @@ PROFILES: dict[str, Profile] = {
         axbench_concepts=(0, 1),
         max_answer_tokens=48,
         generation_tokens=48,
+        evaluation_questions=8,  # CI's budget: the paper profiles generate for every test question
         engine=EngineSettings(pairs_per_row=32),
         split_configs=_CPU_SPLIT,
         description="The embedded SmolLM2-135M-Instruct on a CPU, at sizes that fit CI.",

@@ -42,3 +42,30 @@ def test_with_intervals_writes_each_value_with_its_bounds_and_drops_them():
     assert shown.accuracy.iloc[0] == "90% [80%, 95%]"
     with pytest.raises(ValueError, match="no column 'pref_odds_low'"):
         book.with_intervals(frame.assign(pref_odds=1.0), {"pref_odds": "{:+.2f}"})
+
+
+def test_answers_table_has_a_row_per_update_and_cuts_long_answers():
+    generations = pd.DataFrame({"update": ["unsteered", "unsteered", "split · lora", "split · lora"],
+                                "m": [0.0, 0.0, 2.0, 2.0], "index": [0, 1, 0, 1],
+                                "generation": ["Yes.", "", "x" * 300, "No,\n  never."]})
+    shown = book.answers_table(generations, width=20).data
+    assert list(shown.columns) == ["update", "m", "answer 1", "answer 2"]
+    assert list(shown["update"]) == ["unsteered", "split · lora"]
+    assert shown["answer 2"].tolist() == ["(nothing: the turn ends at once)", "No, never."]
+    assert shown["answer 1"].iloc[1] == "x" * 19 + "…"
+
+
+def test_an_evaluation_sample_shows_one_question_with_scores_and_reasons():
+    from splitlib.evaluation import TaskEvaluation
+
+    generations = pd.DataFrame({"update": ["unsteered", "split · lora"] * 2, "m": [0.0, 1.0] * 2,
+                                "index": [0, 0, 1, 1], "question": ["Q0", "Q0", "Q1", "Q1"],
+                                "generation": ["a", "b", "c", "d"]})
+    task = TaskEvaluation("powerseeking", None, pd.DataFrame(), {}, pd.DataFrame(), generations=generations)
+    shown = book.evaluation_sample(task, question=1)
+    assert shown.data["answer"].tolist() == ["c", "d"] and "Q1" in shown.caption
+    task.judged = generations.assign(powerseeking_score=[1, 2, 3, 4], powerseeking_answer=["r"] * 4)
+    shown = book.evaluation_sample(task, question=0).data
+    assert shown.columns.tolist() == ["update", "m", "answer", "powerseeking_score", "powerseeking reason"]
+    with pytest.raises(ValueError, match="no question 5"):
+        book.evaluation_sample(task, question=5)

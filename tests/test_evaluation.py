@@ -27,7 +27,7 @@ def test_the_multiplier_is_chosen_on_the_training_split():
 
 def test_the_table_reads_each_update_at_its_chosen_m_after_the_unsteered_model():
     table = evaluation.at_chosen(_summary(), {("split", "lora"): 1.0})
-    assert list(table.method) == ["vanilla", "split"]
+    assert list(table.method) == ["unsteered", "split"]
     assert table.accuracy.tolist() == [0.5, 0.6]
     assert table.pref_odds.tolist() == [5.0, 6.0]
 
@@ -48,3 +48,44 @@ def test_each_knob_is_moved_alone():
     assert variants["γ = 0"].gamma == 0 and variants["γ = 0"].theta == base.theta
     assert variants["θ = 0.1"].theta == pytest.approx(0.1)
     assert len(variants) == 7
+
+
+def _reach_summary() -> pd.DataFrame:
+    """Test-split summaries of three LoRA updates: SPLIT reaches far more preference within tolerance."""
+    rows = []
+    for method, slope, width in (("split", 2.0, 0.1), ("sft", 1.0, 0.1), ("reps", 1.0, 3.0)):
+        for m in (0.0, 1.0, 2.0, 3.0):
+            util = -1.0 - (2.0 if m == 3.0 else 0.0)  # m = 3 costs utility: out of reach
+            pref = slope * m
+            rows.append({"method": method, "form": "lora", "split": "test", "m": m, "pref_odds": pref,
+                         "pref_odds_low": pref - width, "pref_odds_high": pref + width, "util_odds": util})
+    return pd.DataFrame(rows)
+
+
+def test_reach_is_the_best_preference_within_the_utility_tolerance():
+    reach = evaluation.frontier_reach(_reach_summary(), tolerance=1.0).set_index("method")
+    assert reach.m.tolist() == [2.0, 2.0, 2.0] and reach.pref_odds["split"] == 4.0
+
+
+def test_split_leads_only_where_the_intervals_separate():
+    reach = evaluation.frontier_reach(_reach_summary(), tolerance=1.0)
+    verdicts = evaluation.split_verdicts(reach)
+    assert verdicts.verdict.tolist() == ["ties"]  # RePS's wide interval reaches SPLIT's
+    narrow = reach.assign(pref_odds_high=reach.pref_odds + 0.1, pref_odds_low=reach.pref_odds - 0.1)
+    assert evaluation.split_verdicts(narrow).verdict.tolist() == ["leads"]
+    assert evaluation.verdict_sentence(evaluation.split_verdicts(narrow)) == "SPLIT leads in lora"
+
+
+def test_table3_has_a_column_per_task_and_the_judge_scores_where_given():
+    summary = _summary()
+    chosen = {("split", "lora"): 1.0}
+    task = evaluation.TaskEvaluation("powerseeking", None, summary, chosen,
+                                     evaluation.at_chosen(summary, chosen))
+    table = evaluation.table3({"powerseeking": task})
+    assert table["update"].tolist() == ["unsteered", "split · lora"]
+    assert table["powerseeking A_p share"].tolist() == [0.5, 0.6]
+    task.judged = pd.DataFrame({"update": ["unsteered", "split · lora", "split · lora"],
+                                "powerseeking_score": pd.array([1, 3, pd.NA], dtype="Int64")})
+    judged = evaluation.table3({"powerseeking": task}).set_index("update")
+    assert judged.loc["split · lora", "powerseeking powerseeking_score"] == 3.0
+    assert judged.loc["split · lora", "powerseeking powerseeking_score missing"] == 1
