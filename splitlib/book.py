@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from pandas.io.formats.style import Styler
 
     from .evaluation import TaskEvaluation
+    from .geometry import ManifoldReference
     from .models import ModelInfo
 
 # One number format for the book's tables, unless a column asks for another.
@@ -139,3 +140,15 @@ def evaluation_sample(evaluation: TaskEvaluation, question: int = 0, width: int 
     columns = ["update", "m", "answer", *scores, *(c.removesuffix("_answer") + " reason" for c in reasons)]
     caption = f"{evaluation.task}: {cut(rows.question.iloc[0], 2 * width)}"
     return table(shown[columns], {"m": "{:g}"}).set_caption(caption)
+
+
+def reference_table(references: Mapping[int, ManifoldReference], labels: Mapping[int, str]) -> Styler:
+    """One row per hidden state: what each manifold reference was fitted on and what it found."""
+    import pandas as pd
+
+    return table(pd.DataFrame([{
+        "hidden state": labels.get(state, str(state)), "samples": ref.n_samples, "PCA k (90 %)": ref.n_components,
+        "variance explained": ref.explained_variance, "Ledoit-Wolf shrinkage": ref.covariance.shrinkage_,
+        "probe accuracy (train)": ref.probe_accuracy,
+        "cos(DiffMean, probe)": float(ref.diffmean_direction @ ref.probe_direction),
+    } for state, ref in references.items()]))

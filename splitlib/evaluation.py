@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from .data import PolarityPair, TaskData
     from .interventions import Intervention
-    from .judge import Judge
+    from .judge import Agreement, Judge
     from .profiles import Profile, TrainConfig
     from .scoring import Tokenizer
 
@@ -212,3 +212,54 @@ def table3(evaluations: Mapping[str, TaskEvaluation]) -> pd.DataFrame:
                 columns[f"{task} {name}"] = scores[name]
                 columns[f"{task} {name} missing"] = scores[f"{name}_missing"]
     return pd.DataFrame(columns).rename_axis("update").reset_index()
+
+
+def prompt_tokens(tokenizer: Tokenizer, pairs: Sequence[PolarityPair]) -> float:
+    """The mean number of prompt tokens (question in the chat template) over `pairs`: what a
+    task's sweeps and training pay for on every pair, beside the answers."""
+    from .scoring import chat_prompt
+
+    if not pairs:
+        raise ValueError("prompt_tokens needs at least one pair")
+    return sum(len(tokenizer(chat_prompt(tokenizer, pair.question), add_special_tokens=False).input_ids)
+               for pair in pairs) / len(pairs)
+
+
+def task_verdicts(evaluations: Mapping[str, TaskEvaluation], tolerance: float = 1.0, split: str = "test") -> str:
+    """`verdict_sentence` for each evaluated task, read at matched utility on `split`:
+    "on axbench, SPLIT ties in vector, ..."."""
+    return "; ".join(f"on {task}, " + verdict_sentence(split_verdicts(frontier_reach(e.summary, tolerance, split)))
+                     for task, e in evaluations.items())
+
+
+def left_out_note(model: nn.Module, tokenizer: Tokenizer, profile: Profile) -> str:
+    """Which tasks the profile leaves out of chapter 5's evaluation (`Profile.evaluation_tasks`),
+    and what they would cost: their mean prompt length against Psychopathy's."""
+    from .data import TASKS, load_task
+
+    left_out = [task for task in TASKS if task not in profile.evaluation_tasks]
+    if not left_out:
+        return "every task is evaluated on this profile"
+    length = {task: prompt_tokens(tokenizer, load_task(task, profile, model, tokenizer).train)
+              for task in ("psychopathy", *left_out)}
+    return "; ".join(
+        f"{task} is left out on this profile: its prompts average {length[task]:.0f} tokens against "
+        f"psychopathy's {length['psychopathy']:.0f}, and training and sweeping its updates on every pair "
+        "would take longer than the book's whole time budget for this profile (a profile file's "
+        "`evaluation_tasks` names the tasks to evaluate)" for task in left_out)
+
+
+def judge_agreement(evaluation: TaskEvaluation) -> Agreement | None:
+    """Does the judge see what the log-odds measure? Spearman's rho across updates between the
+    judge's mean score (AxBench: concept; PowerSeeking: its 0–4 rating) and the mean test PrefOdds
+    at each update's chosen m; None where no judge scored the task."""
+    from .judge import agreement
+
+    scores = evaluation.scores
+    if scores is None or evaluation.task not in JUDGE_COLUMNS:
+        return None
+    score = scores.set_index("update")[JUDGE_COLUMNS[evaluation.task][0]]
+    preference = evaluation.table.assign(update=lambda t: [
+        "unsteered" if method == "unsteered" else update_name((method, form))
+        for method, form in zip(t.method, t.form, strict=True)]).set_index("update").pref_odds
+    return agreement(score, preference)

@@ -17,6 +17,13 @@ two pieces meet at the origin) and bounds that keep the parameters meaningful:
 - beta_u >= 0: the unsteered utility is the decaying part's height above the floor b_u; a
   negative beta_u would turn the bell the data show into a trough;
 - alpha, beta, b, b_u within 20 spreads of the data.
+
+A fit can meet every bound and still draw a curve its data do not support: a spike between two
+grid points, or a near-vertical step where the decay's scale shrank below the grid's spacing.
+`shape_warnings` looks for both on a dense grid between the data's multipliers; a fit with
+warnings is still `ok` (it has numbers) but not `shape_ok`, and the chapters draw and print it as
+flagged. Region boundaries outside the swept range are extrapolations: `Fit.extrapolated` says
+which.
 """
 from __future__ import annotations
 
@@ -69,7 +76,9 @@ def r_squared(y: np.ndarray, fitted: np.ndarray) -> float:
 class Fit:
     """A fitted curve: its kind, parameters (in the data's units), R² and the data it was fitted to.
 
-    `flag` is empty for a trustworthy fit; otherwise it says why the numbers should not be used.
+    `flag` is empty when the data could be fitted; otherwise it says why there are no numbers.
+    `warnings` lists where a fitted curve departs from its data between grid points (see
+    `shape_warnings`); empty for a curve that follows its data.
     """
 
     kind: str
@@ -80,6 +89,7 @@ class Fit:
     flag: str = ""
     constraint_gap: float = 0.0
     derived: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def __call__(self, m: np.ndarray) -> np.ndarray:
         values = list(self.params.values())
@@ -100,7 +110,29 @@ class Fit:
 
     @property
     def ok(self) -> bool:
+        """The data could be fitted: the parameters are numbers."""
         return not self.flag
+
+    @property
+    def shape_ok(self) -> bool:
+        """Fitted, and the curve stays with its data between grid points (no shape warnings)."""
+        return self.ok and not self.warnings
+
+    @property
+    def grid_range(self) -> tuple[float, float]:
+        """The smallest and largest multiplier of the data."""
+        return float(np.min(self.m)), float(np.max(self.m))
+
+    def inside(self, value: float) -> bool:
+        """Whether a multiplier lies within the data's range (else the fit extrapolates to it)."""
+        low, high = self.grid_range
+        return bool(np.isfinite(value) and low <= value <= high)
+
+    @property
+    def extrapolated(self) -> dict[str, bool]:
+        """For each region boundary in `derived`: True where it lies outside the swept range."""
+        return {name: not self.inside(value) for name, value in self.derived.items()
+                if not name.startswith("slope")}
 
 
 # ----- input checks --------------------------------------------------------------------------------------
@@ -198,6 +230,7 @@ def _fit(kind: str, m: np.ndarray, y: np.ndarray, restarts: int, seed: int, star
         fit.r2 = r_squared(y, fit(m))
     fit = _guarded(fit)
     fit.derived = derived_quantities(fit)  # empty for a flagged fit
+    fit.warnings = shape_warnings(fit)
     return fit
 
 
@@ -254,7 +287,57 @@ def fit_tanh(m, y, restarts: int = 8, seed: int = 0) -> Fit:
     fit = Fit("tanh", params, 0.0, m, y)
     with np.errstate(all="ignore"):
         fit.r2 = r_squared(y, fit(m))
-    return _guarded(fit)
+    fit = _guarded(fit)
+    fit.warnings = shape_warnings(fit)
+    return fit
+
+
+# ----- does the curve follow its data? ---------------------------------------------------------------------
+def shape_warnings(fit: Fit, tolerance: float = 0.15, points: int = 51) -> list[str]:
+    """Where a fitted curve departs from its data between grid points, as sentences (empty if
+    nowhere).
+
+    Between each pair of neighbouring multipliers the curve is evaluated at `points` points. It
+    *spikes* if it leaves the band spanned by the two data values and its own values at the two
+    grid points by more than `tolerance` of the data's range; it *steps* if it moves by more than
+    `tolerance` of the range within one of those dense steps, or by more than a third of that
+    and more than half of all its movement in the interval (a decay sharper than anything the
+    grid can see, e.g. right at m = 0). Either is a shape the data do not support.
+    """
+    check_number("tolerance", tolerance, 0, open_low=True)
+    check_positive_int("points", points)
+    if not fit.ok:
+        return []
+    m = np.unique(fit.m)
+    y = np.array([fit.y[fit.m == value].mean() for value in m])
+    span = float(np.ptp(y)) or 1.0
+    with np.errstate(all="ignore"):
+        at_grid = fit(m)
+    spikes, steps = [], []
+    for left, right, y_pair, f_pair in zip(m[:-1], m[1:], zip(y[:-1], y[1:]), zip(at_grid[:-1], at_grid[1:])):
+        dense = np.linspace(left, right, points)
+        with np.errstate(all="ignore"):
+            values = fit(dense)
+        if not np.all(np.isfinite(values)):
+            return [f"the curve is not finite between m = {left:.3g} and {right:.3g}"]
+        low, high = min(*y_pair, *f_pair), max(*y_pair, *f_pair)
+        excess = max(float(values.max()) - high, low - float(values.min()), 0.0) / span
+        if excess > tolerance:
+            spikes.append((excess, left, right))
+        changes = np.abs(np.diff(values))
+        jump = float(changes.max()) / span
+        # a step: one dense step (1/(points-1) of the interval) carries a large share of the
+        # range, or most of the interval's change while a smooth curve would spread it out
+        if jump > tolerance or (jump > tolerance / 3 and changes.max() > 0.5 * changes.sum()):
+            steps.append((jump, left, right))
+    out = []
+    for what, found, verb in (("spike", spikes, "leaves its data by"), ("step", steps, "jumps by")):
+        if found:
+            size, left, right = max(found)
+            more = f" (and {len(found) - 1} more interval{'s' if len(found) > 2 else ''})" if len(found) > 1 else ""
+            out.append(f"{what}: between m = {left:.3g} and {right:.3g} the curve {verb} {size:.0%} of the "
+                       f"data's range{more}")
+    return out
 
 
 # ----- what the fits say -----------------------------------------------------------------------------------

@@ -56,3 +56,17 @@ def utility_correlations(measured: Mapping[UpdateKey, pd.DataFrame], sweeps: pd.
                                          utility_fit.validity if utility_fit.ok else None, n_boot=n_boot, seed=seed)
         tables.append(rho.assign(method=key[0], form=key[1], util_peak_m=float(f"{train_curve.idxmax():.3g}")))
     return pd.concat(tables, ignore_index=True)
+
+
+def correlation_grid(correlations: pd.DataFrame, labels: Mapping[int, str], value: str = "rho_util") -> pd.DataFrame:
+    """`utility_correlations` as a grid for a heat map: one row per update ("method · form"), one
+    column per distance and hidden state (named by `labels`)."""
+    missing = sorted(set(correlations.hidden_state) - set(labels))
+    if missing:
+        raise ValueError(f"no label for hidden states {missing}")
+    view = correlations.assign(
+        column=correlations.measure.map(geometry.MEASURE_LABELS) + " · " + correlations.hidden_state.map(labels),
+        row=correlations.method + " · " + correlations.form)
+    grid = view.pivot_table(index="row", columns="column", values=value, sort=False)
+    grid.index.name = grid.columns.name = None
+    return grid

@@ -6,7 +6,7 @@ page would show it twice.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,7 +51,7 @@ def delta_h_figure(measurements: pd.DataFrame) -> Figure:
                        label=FORM_LABELS[form])
     top = float(np.nanmax([data.formula_norm.max(), data.measured_norm.max()]))
     parity.plot([0, top], [0, top], color="black", linewidth=0.8, linestyle="--", label="measured = formula")
-    parity.set(xlabel="‖m(ΔW h + Δb)‖ (Eq. 5)", ylabel="measured ‖Δh‖", title="measured against formula")
+    parity.set(xlabel="‖m(ΔW h + Δb)‖ (paper Eq. 5)", ylabel="measured ‖Δh‖", title="measured against formula")
     parity.legend(fontsize="small")
     fig.tight_layout()
     plt.close(fig)
@@ -167,83 +167,158 @@ def loss_histories(histories: dict[tuple[str, str], list[float]]) -> Figure:
 
 
 REGION_COLOURS = {"linear": "#d9f0d3", "transitional": "#fee8c8", "convergence": "#e0e0e0"}
+MAX_PANELS = 6  # what a reader takes in at the text column's width (about 784 px)
+FLAGGED_STYLE = {"color": "#7f7f7f", "linestyle": "--", "linewidth": 1.4}
+FLAGGED_LABEL = "decay fit, flagged: departs from its data"
+BEYOND_LABEL = "region boundary beyond the grid (extrapolated)"
 
 
-# `value` is unused but part of the signature the chapters call positionally.
-def fitted_regions(panels: list[dict], value: str, ylabel: str, columns: int = 4) -> Figure:  # noqa: ARG001
-    """Mean curves (points) with their rational-quadratic fit (line) and the three regions the
-    fit implies, shaded: linear (D >= 0.9), transitional, convergence (D <= 0.1).
+def _grid(rows: int, columns: int, panel_width: float, panel_height: float, **options: Any) -> Any:
+    """A figure of rows × columns panels (at most MAX_PANELS), laid out so that one legend can sit
+    outside the data, below the panels."""
+    import matplotlib.pyplot as plt
 
-    Each panel dict has: title, m, y (mean curve), fit (a splitlib.fit.Fit) and optionally tanh.
+    if rows * columns > MAX_PANELS:
+        raise ValueError(f"{rows} × {columns} panels are more than the {MAX_PANELS} a figure should hold: split it")
+    return plt.subplots(rows, columns, figsize=(panel_width * columns, panel_height * rows + 0.8), squeeze=False,
+                        layout="constrained", **options)
+
+
+def _legend_below(fig: Figure, axes: list, extra: list | None = None, columns: int = 3) -> None:
+    """One legend for the whole figure, below the panels: each labelled artist once, then the
+    (handle, label) pairs of `extra`."""
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    for handle, label in extra or []:
+        seen.setdefault(label, handle)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncols=min(columns, len(seen)),
+                   frameon=False)
+
+
+def _region_edges(fitted: object, lo: float, hi: float) -> tuple[list[float], list[float]]:
+    """A fit's region boundaries in order along m (between lo and hi), and those beyond [lo, hi]."""
+    derived = fitted.derived  # type: ignore[attr-defined]
+    values = [derived[name] for name in ("convergence_start_neg", "linear_end_neg", "linear_end_pos",
+                                         "convergence_start_pos")]
+    return [lo, *values, hi], [v for v in values if not lo <= v <= hi]
+
+
+def fitted_regions(panels: list[dict], columns: int = 3, title: str = "") -> Figure:
+    """Mean curves (points) with their rational-quadratic fit (line) and the three regions the fit
+    implies, shaded: linear (D >= 0.9), transitional, convergence (D <= 0.1). At most 6 panels,
+    sharing m within a column.
+
+    Each panel dict has: title, m, y (mean curve), fit (a splitlib.fit.Fit), ylabel and optionally
+    tanh. A fit whose curve departs from its data (not `shape_ok`) is drawn dashed grey with its
+    regions faint; a boundary beyond the swept range (extrapolated) is a hollow triangle at the
+    panel's edge, pointing the way it lies.
     """
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.patches import Patch
 
     rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.9 * rows), squeeze=False)
+    fig, axes = _grid(rows, columns, 2.9, 2.5, sharex="col")
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax, panel in zip(axes.flat, panels):
-        m, fitted = np.asarray(panel["m"]), panel["fit"]
+        m, fitted = np.asarray(panel["m"], dtype=float), panel["fit"]
         lo, hi = float(m.min()), float(m.max())
+        notes = []
         if fitted.ok:
-            d = fitted.derived
-            edges = [lo, d["convergence_start_neg"], d["linear_end_neg"], d["linear_end_pos"],
-                     d["convergence_start_pos"], hi]
+            edges, beyond = _region_edges(fitted, lo, hi)
             names = ["convergence", "transitional", "linear", "transitional", "convergence"]
             for (left, right), name in zip(zip(edges[:-1], edges[1:]), names):
                 left, right = max(lo, min(left, hi)), max(lo, min(right, hi))
                 if right > left:
-                    ax.axvspan(left, right, color=REGION_COLOURS[name], linewidth=0)
-            dense = np.linspace(lo, hi, 400)
-            ax.plot(dense, fitted(dense), color="black", linewidth=1.2, label=f"RQ fit, R² {fitted.r2:.2f}")
-            if panel.get("tanh") is not None and panel["tanh"].ok:
-                ax.plot(dense, panel["tanh"](dense), color="#8172b3", linewidth=1, linestyle="--",
-                        label=f"tanh, R² {panel['tanh'].r2:.2f}")
-        ax.scatter(m, panel["y"], s=12, color="#c44e52", zorder=3)
-        ax.set_title(panel["title"] + ("" if fitted.ok else f"\n(not fitted: {fitted.flag})"), fontsize="small")
-        ax.set_xlabel("m", fontsize="small")
-        ax.set_ylabel(ylabel, fontsize="small")
-        ax.legend(fontsize="x-small", loc="best")
-    fig.tight_layout()
+                    ax.axvspan(left, right, color=REGION_COLOURS[name], linewidth=0,
+                               alpha=1.0 if fitted.shape_ok else 0.4)
+            for value in beyond:
+                ax.plot([hi if value > hi else lo], [0.92], marker=">" if value > hi else "<", markersize=10,
+                        markerfacecolor="white", markeredgecolor="black", linestyle="none", clip_on=False,
+                        zorder=4, transform=ax.get_xaxis_transform(), label=BEYOND_LABEL)
+            dense = np.linspace(lo, hi, 800)
+            style = {"color": "black", "linewidth": 1.5} if fitted.shape_ok else FLAGGED_STYLE
+            ax.plot(dense, fitted(dense), **style, label="decay fit" if fitted.shape_ok else FLAGGED_LABEL)
+            notes.append(f"R² {fitted.r2:.2f}" + ("" if fitted.shape_ok else ", flagged"))
+            tanh = panel.get("tanh")
+            if tanh is not None and tanh.ok:
+                ax.plot(dense, tanh(dense), color="#8172b3", linewidth=1.3, linestyle=":", label="tanh baseline")
+                notes.append(f"tanh {tanh.r2:.2f}")
+        else:
+            notes.append("not fitted")
+        ax.scatter(m, panel["y"], s=14, color="#c44e52", zorder=3, label="mean curve (data)")
+        ax.set_title(f"{panel['title']}\n{', '.join(notes)}", fontsize="medium")
+        ax.set_ylabel(panel.get("ylabel", ""))
+        ax.set_xlabel("multiplier m")
+    regions = [(Patch(color=colour), f"{name} region") for name, colour in REGION_COLOURS.items()]
+    _legend_below(fig, list(axes.flat[:len(panels)]), regions, columns=3)
+    if title:
+        fig.suptitle(title)
     plt.close(fig)
     return fig
 
 
-METHOD_COLOURS = {"diffmean": "#4c72b0", "sft": "#8c8c8c", "reps": "#dd8452", "split": "#c44e52"}
 FORM_MARKERS = {"vector": "o", "lora": "s", "local_weight": "^"}
 MEASURE_COLOURS = {"pca_residual": "#1b9e77", "knn_distance": "#d95f02", "mahalanobis": "#7570b3"}
+SIDE_STYLES: dict[str, Any] = {"m ≥ 0": "-", "m ≤ 0": "--"}
 
 
-def manifold_distances(curves: pd.DataFrame, labels: dict[str, str], columns: int = 4) -> Figure:
-    """One panel per method and form: each distance from the unsteered cloud, as a ratio to its
-    value at m = 0 (log scale, left), and the mean UtilOdds (dashed, right) against m.
+def manifold_distances(curves: pd.DataFrame, labels: dict[str, str], method: str) -> Figure:
+    """One method, one column per form (at most 3, so at most 6 panels): above, each distance
+    from the unsteered cloud as a ratio to its value at m = 0 (log scale); below, the mean
+    UtilOdds, both against m.
 
     `curves` has method, form, m, util_odds and one column per distance in `labels`."""
     import matplotlib.pyplot as plt
 
-    keys = list(dict.fromkeys(zip(curves.method, curves.form)))
-    rows = -(-len(keys) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.7 * columns, 2.9 * rows), squeeze=False)
-    for ax in axes.flat[len(keys):]:
-        ax.set_visible(False)
-    for ax, (method, form) in zip(axes.flat, keys):
-        panel = curves[(curves.method == method) & (curves.form == form)].sort_values("m")
+    mine = curves[curves.method == method]
+    forms = list(dict.fromkeys(mine.form))
+    fig, axes = _grid(2, len(forms), 2.9, 2.4, sharex="col", sharey="row")
+    for column, form in enumerate(forms):
+        panel = mine[mine.form == form].sort_values("m")
+        top, bottom = axes[0, column], axes[1, column]
         for measure, label in labels.items():
-            ax.plot(panel.m, panel[measure], marker=".", color=MEASURE_COLOURS[measure], label=label)
-        ax.set_yscale("log")
-        ax.set_title(f"{method} · {FORM_LABELS[form]}", fontsize="small")
-        ax.set_xlabel("m", fontsize="small")
-        ax.set_ylabel("distance / distance at m = 0", fontsize="x-small")
-        twin = ax.twinx()
-        twin.plot(panel.m, panel.util_odds, color="black", linestyle="--", linewidth=1, label="UtilOdds")
-        twin.set_ylabel("UtilOdds", fontsize="x-small")
-        twin.grid(False)
-    handles, names = axes.flat[0].get_legend_handles_labels()
-    twin_handles, twin_names = twin.get_legend_handles_labels()  # every panel's twin holds the same line
-    fig.legend(handles + twin_handles, names + twin_names, loc="lower center",
-               ncol=len(labels) + 1, fontsize="small", bbox_to_anchor=(0.5, -0.02))
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+            top.plot(panel.m, panel[measure], marker=".", color=MEASURE_COLOURS[measure], label=label)
+        top.axhline(1.0, color="black", linewidth=0.6)
+        top.set_yscale("log")
+        top.set_title(f"{method} · {FORM_LABELS[form]}", fontsize="medium")
+        bottom.plot(panel.m, panel.util_odds, marker=".", color="black", label="mean UtilOdds (test)")
+        bottom.set_xlabel("multiplier m")
+    axes[0, 0].set_ylabel("distance / at m = 0")
+    axes[1, 0].set_ylabel("UtilOdds")
+    _legend_below(fig, list(axes.flat), columns=2)
+    plt.close(fig)
+    return fig
+
+
+def utility_against_distance(curves: pd.DataFrame, labels: dict[str, str]) -> Figure:
+    """UtilOdds(m) - UtilOdds(0) against each distance ratio in `labels` (one row each, at most
+    2), one column per form, one colour per method, solid for m >= 0 and dashed for m <= 0: if
+    validity depended on the distance alone (Assumption 4.2), the lines would coincide."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    forms = list(dict.fromkeys(curves.form))
+    fig, axes = _grid(len(labels), len(forms), 2.9, 2.6, sharex="row", sharey=True)
+    for row, (measure, label) in enumerate(labels.items()):
+        for column, form in enumerate(forms):
+            ax = axes[row, column]
+            for method, group in curves[curves.form == form].groupby("method", sort=False):
+                for side, part in (("m ≥ 0", group[group.m >= 0]), ("m ≤ 0", group[group.m <= 0])):
+                    part = part.sort_values(measure)
+                    ax.plot(part[measure], part.util_drop, marker=FORM_MARKERS[form], markersize=3, linewidth=1.2,
+                            linestyle=SIDE_STYLES[side], color=METHOD_COLOURS[method], label=method)
+            ax.axhline(0, color="black", linewidth=0.6)
+            ax.set_xscale("log")
+            ax.set_title(FORM_LABELS[form], fontsize="medium")
+            ax.set_xlabel(f"{label}\n(ratio to m = 0)")
+        axes[row, 0].set_ylabel("UtilOdds(m) − UtilOdds(0)")
+    sides = [(Line2D([], [], color="black", linestyle=style), side) for side, style in SIDE_STYLES.items()]
+    _legend_below(fig, list(axes.flat), sides, columns=6)
     plt.close(fig)
     return fig
 
@@ -289,44 +364,68 @@ def pca_picture(panels: list[dict]) -> Figure:
     return fig
 
 
-def axis_trajectories(curves: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str) -> Figure:
-    """One panel per form, one line per method: `y` against `x` as m runs over its grid (m = 0
-    is the hollow marker); the shape of the paper's Figure 3, measured."""
-    import matplotlib.pyplot as plt
 
-    forms = list(dict.fromkeys(curves.form))
-    fig, axes = plt.subplots(1, len(forms), figsize=(4.4 * len(forms), 3.8), squeeze=False, sharey=True)
-    for ax, form in zip(axes[0], forms):
-        for method, group in curves[curves.form == form].groupby("method", sort=False):
-            group = group.sort_values("m")
-            ax.plot(group[x], group[y], marker=FORM_MARKERS[form], markersize=3, color=METHOD_COLOURS[method],
+def spread_multipliers(grid: object) -> list[float]:
+    """Five multipliers spread over a grid that has m = 0: both ends, the points a quarter of the
+    way in from each end, and 0."""
+    import numpy as np
+
+    values = sorted({float(m) for m in np.asarray(grid, dtype=float)})
+    quarter = len(values) // 4
+    return sorted({values[0], values[quarter], 0.0, values[-quarter - 1], values[-1]})
+
+
+def pca_panels(cloud: object, steered: dict[tuple[str, str], object], hidden_state: int) -> list[dict]:
+    """The panels of `pca_picture`: the unsteered `cloud` (a geometry.Activations) and each
+    update's steered activations at every captured m, in the cloud's first two principal
+    components at `hidden_state`."""
+    from sklearn.decomposition import PCA
+
+    reference = cloud.at(0.0, hidden_state)  # type: ignore[attr-defined]
+    plane = PCA(n_components=2).fit(reference)
+    share = plane.explained_variance_ratio_
+    return [{"title": f"{method} · {FORM_LABELS.get(form, form)}", "cloud": plane.transform(reference),
+             "steered": {float(m): plane.transform(activations.at(m, hidden_state))  # type: ignore[attr-defined]
+                         for m in activations.multipliers},  # type: ignore[attr-defined]
+             "xlabel": f"PC 1 ({share[0]:.0%} of variance)", "ylabel": f"PC 2 ({share[1]:.0%})"}
+            for (method, form), activations in steered.items()]
+
+
+def axis_trajectories(curves: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str,
+                      alone: tuple[str, ...] = ("diffmean",)) -> Figure:
+    """`y` against `x` as m runs over its grid (m = 0 is the hollow circle), one line per method:
+    one panel per form for the trained updates and, since its scale dwarfs theirs, a panel of its
+    own for each method in `alone`; the shape of the paper's Figure 3, measured. The trained
+    updates' panels share both axes; each `alone` panel has its own, so every curve is visible."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    own = [(f"{method} · {FORM_LABELS[form]}", curves[(curves.method == method) & (curves.form == form)])
+           for method in alone for form in dict.fromkeys(curves[curves.method == method].form)]
+    rest = curves[~curves.method.isin(alone)]
+    groups = own + [(f"trained · {FORM_LABELS[form]}", rest[rest.form == form]) for form in dict.fromkeys(rest.form)]
+    columns = 2 if len(groups) in (2, 4) else min(3, len(groups))
+    fig, axes = _grid(-(-len(groups) // columns), columns, 3.6, 2.6)
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
+    trained = list(axes.flat[len(own):len(groups)])
+    for ax in trained[1:]:
+        ax.sharex(trained[0])
+        ax.sharey(trained[0])
+    for ax, (title, group) in zip(axes.flat, groups):
+        for (method, form), line in group.groupby(["method", "form"], sort=False):
+            line = line.sort_values("m")
+            ax.plot(line[x], line[y], marker=FORM_MARKERS[form], markersize=3, color=METHOD_COLOURS[method],
                     label=method)
-            zero = group[group.m == 0]
+            zero = line[line.m == 0]
             ax.scatter(zero[x], zero[y], s=60, facecolors="none", edgecolors="black", zorder=3)
-        ax.set(title=FORM_LABELS[form], xlabel=xlabel)
-        ax.legend(fontsize="x-small")
-    axes[0, 0].set_ylabel(ylabel)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
-
-
-def utility_against_distance(curves: pd.DataFrame, labels: dict[str, str]) -> Figure:
-    """UtilOdds(m) - UtilOdds(0) against each distance ratio, every method and form on one axis:
-    if validity depended on the distance alone (Assumption 4.2), the curves would coincide."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(labels), figsize=(4.4 * len(labels), 3.8), squeeze=False, sharey=True)
-    for ax, (measure, label) in zip(axes[0], labels.items()):
-        for (method, form), group in curves.groupby(["method", "form"], sort=False):
-            for number, side in enumerate((group[group.m >= 0], group[group.m <= 0])):  # one line per side
-                ax.plot(side[measure], side.util_drop, marker=FORM_MARKERS[form], markersize=3, linewidth=0.8,
-                        color=METHOD_COLOURS[method], alpha=0.8,
-                        label=None if number else f"{method} · {FORM_LABELS[form]}")
-        ax.set_xscale("log")
-        ax.set(xlabel=f"{label} / value at m = 0", title=label)
-    axes[0, 0].set_ylabel("UtilOdds(m) − UtilOdds(0)")
-    axes[0, -1].legend(fontsize="xx-small", ncol=2, loc="lower left")
-    fig.tight_layout()
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.axvline(0, color="black", linewidth=0.6)
+        ax.set_title(title, fontsize="medium")
+    for ax in axes[-1]:  # on the bottom row: a figure-wide x label would sit under the legend
+        ax.set_xlabel(xlabel)
+    fig.supylabel(ylabel, fontsize="medium")
+    zero = Line2D([], [], marker="o", markersize=8, markerfacecolor="none", markeredgecolor="black", linestyle="none")
+    _legend_below(fig, list(axes.flat[:len(groups)]), [(zero, "m = 0")], columns=5)
     plt.close(fig)
     return fig

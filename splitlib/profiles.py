@@ -202,6 +202,8 @@ class Profile:
     max_answer_tokens: int | None = None  # truncate long answers (AxBench) before scoring
     generation_tokens: int = 128  # new tokens for A_n of AxBench and for steered examples
     evaluation_questions: int | None = None  # test questions generated per update for a judge (None: all)
+    # the tasks chapter 5 evaluates in the layout of the paper's Table 3 (train, sweep, choose m, generate)
+    evaluation_tasks: tuple[str, ...] = ("psychopathy", "powerseeking", "axbench")
     engine: EngineSettings = EngineSettings()  # how sweeps, captures and DiffMean batch their work
     seed: int = 42
     split_configs: dict[tuple[str, str], TrainConfig] = field(default_factory=dict)
@@ -224,6 +226,9 @@ class Profile:
         check_positive_int("Profile.max_answer_tokens", self.max_answer_tokens, optional=True)
         check_positive_int("Profile.generation_tokens", self.generation_tokens)
         check_positive_int("Profile.evaluation_questions", self.evaluation_questions, optional=True)
+        check_unique("Profile.evaluation_tasks", self.evaluation_tasks)
+        for task in self.evaluation_tasks:
+            check_choice("Profile.evaluation_tasks entry", task, self.splits)
         check_int("Profile.seed", self.seed)
         check_type("Profile.engine", self.engine, EngineSettings)
         for name in ("vector_grid", "weight_grid", "relative_grid"):
@@ -285,6 +290,9 @@ PROFILES: dict[str, Profile] = {
         max_answer_tokens=48,
         generation_tokens=48,
         evaluation_questions=8,  # CI's budget: the paper profiles generate for every test question
+        # PowerSeeking's prompts are ~3x Psychopathy's: training and sweeping it would double CI's time
+        evaluation_tasks=("psychopathy", "axbench"),
+        cell_timeout=1800,  # cold, chapter 5 trains and sweeps AxBench's ten updates in one cell
         engine=EngineSettings(pairs_per_row=32),
         split_configs=_CPU_SPLIT,
         description="The embedded SmolLM2-135M-Instruct on a CPU, at sizes that fit CI.",

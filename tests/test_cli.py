@@ -60,7 +60,7 @@ def test_profiles_show_names_the_bad_file_and_field(capsys, tmp_path):
 
 def test_build_prints_the_profiles_timeout_and_folders(capsys, tmp_path):
     (tmp_path / "long.toml").write_text("cell_timeout = 3600\n")
-    for step, profile, expected in [("timeout", "cpu", "900"), ("timeout", "qwen2.5-7b-it", "7200"),
+    for step, profile, expected in [("timeout", "cpu", "1800"), ("timeout", "qwen2.5-7b-it", "7200"),
                                     ("timeout", str(tmp_path / "long.toml"), "3600"),
                                     ("notebook-dir", str(tmp_path / "long.toml"), "_notebooks/long"),
                                     ("html-dir", "cpu", "_build/html"), ("html-dir", "gemma-2-9b-it",

@@ -89,3 +89,21 @@ def test_table3_has_a_column_per_task_and_the_judge_scores_where_given():
     judged = evaluation.table3({"powerseeking": task}).set_index("update")
     assert judged.loc["split · lora", "powerseeking powerseeking_score"] == 3.0
     assert judged.loc["split · lora", "powerseeking powerseeking_score missing"] == 1
+
+
+def test_task_verdicts_name_each_task():
+    summary = _reach_summary()
+    task = evaluation.TaskEvaluation("axbench", None, summary, {}, pd.DataFrame())
+    assert evaluation.task_verdicts({"axbench": task}) == "on axbench, SPLIT ties in lora"
+
+
+def test_judge_agreement_ranks_updates_by_score_against_preference():
+    table = pd.DataFrame({"method": ["unsteered", "sft", "reps", "split"], "form": ["-", "lora", "lora", "lora"],
+                          "pref_odds": [0.0, 1.0, 2.0, 3.0]})
+    task = evaluation.TaskEvaluation("axbench", None, pd.DataFrame(), {}, table)
+    assert evaluation.judge_agreement(task) is None  # no judge, no agreement
+    task.judged = pd.DataFrame({"update": ["unsteered", "sft · lora", "reps · lora", "split · lora"],
+                                "concept_score": pd.array([0, 1, 1, 2], dtype="Int64"),
+                                "harmonic_mean": [0.0, 1.0, 1.0, 2.0]})
+    agreed = evaluation.judge_agreement(task)
+    assert agreed.n == 4 and agreed.rho > 0.9

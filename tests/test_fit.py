@@ -150,3 +150,42 @@ def test_the_rule_takes_the_largest_preference_within_the_utility_tolerance():
     assert fit.choose_from_fits(pref, util, tolerance=1.0) == pytest.approx(math.sqrt(1 / 3), abs=5e-3)
     with pytest.raises(ValueError, match="flagged fit"):
         fit.choose_from_fits(fit.fit_preference(GRID, np.full(GRID.size, 1.0)), util)
+
+
+# ----- does the curve follow its data? ---------------------------------------------------------------------
+def test_a_clean_fit_has_no_shape_warnings():
+    for curve, truth, fitter in ((fit.preference_curve, PREF_TRUE, fit.fit_preference),
+                                 (fit.utility_curve, UTIL_TRUE, fit.fit_utility)):
+        result = fitter(GRID, _noisy(curve, truth, 0.02, 9))
+        assert result.ok and result.shape_ok and result.warnings == []
+        assert fit.shape_warnings(fit.Fit(result.kind, truth, 1.0, GRID, curve(GRID, *truth.values()))) == []
+
+
+def test_a_spike_between_grid_points_is_flagged():
+    # a narrow bell centred half-way between two grid points: the data at the grid barely see it
+    coarse = np.linspace(-4, 4, 9)
+    params = dict(beta_u=5.0, b_u=0.0, m_pos=0.5, L_pos=0.003, p_pos=1.0, m_neg=-3.0, L_neg=100.0, p_neg=1.0)
+    params["p_neg"] = math.log((1 + 0.5**2 / 0.003) ** -1.0) / -math.log(1 + 9 / 100.0)  # continuous at 0
+    spiky = fit.Fit("utility", params, 1.0, coarse, fit.utility_curve(coarse, *params.values()))
+    warnings = fit.shape_warnings(spiky)
+    assert any(w.startswith("spike: between m = 0 and 1") for w in warnings), warnings
+    assert spiky.ok  # still fitted: the numbers exist, they are just not supported by the data
+
+
+def test_a_step_inside_one_interval_is_flagged():
+    coarse = np.linspace(-4, 4, 9)
+    steep = fit.Fit("tanh", dict(a=1.0, k=200.0, c=-100.0, d=0.0), 1.0, coarse, np.tanh(coarse - 0.5))
+    warnings = fit.shape_warnings(steep)
+    assert any(w.startswith("step: between m = 0 and 1") for w in warnings), warnings
+    assert fit.shape_warnings(steep, tolerance=10.0) == []
+
+
+def test_boundaries_beyond_the_grid_are_marked_extrapolated():
+    # a decay so slow on the positive side that D only reaches 0.1 far beyond m = 4
+    params = dict(alpha=1.0, beta=0.0, b=0.0, m_pos=0.0, L_pos=4.0, p_pos=0.5, m_neg=0.0, L_neg=0.5, p_neg=2.0)
+    slow = fit.Fit("preference", params, 1.0, GRID, GRID)
+    slow.derived = fit.derived_quantities(slow)
+    assert slow.derived["convergence_start_pos"] > 4 and slow.extrapolated["convergence_start_pos"]
+    assert not slow.extrapolated["linear_end_pos"] and not slow.extrapolated["breakdown_neg"]
+    assert "slope_pos" not in slow.extrapolated
+    assert slow.grid_range == (-4.0, 4.0) and slow.inside(0.0) and not slow.inside(float("nan"))

@@ -51,3 +51,12 @@ def test_an_update_missing_from_the_sweeps_is_named():
         manifold.distance_curves(MEASURED, sweeps[sweeps.method != "split"])
     with pytest.raises(ValueError, match="no measured updates"):
         manifold.utility_correlations({}, sweeps)
+
+
+def test_the_correlation_grid_has_a_row_per_update_and_a_column_per_distance_and_depth():
+    rho = manifold.utility_correlations(MEASURED, _sweeps(), n_boot=20)
+    grid = manifold.correlation_grid(rho, {4: "layer 3 output"})
+    assert list(grid.index) == ["diffmean · vector", "split · vector"]
+    assert len(grid.columns) == len(geometry.DISTANCES) and all(c.endswith("· layer 3 output") for c in grid.columns)
+    with pytest.raises(ValueError, match="no label for hidden states"):
+        manifold.correlation_grid(rho, {})

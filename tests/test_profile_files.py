@@ -135,6 +135,6 @@ def test_a_profile_points_at_a_local_folder_with_its_loading_options(write, tmp_
 
 
 def test_cell_timeouts_and_reserved_loading_options():
-    assert PROFILES["cpu"].cell_timeout == 900 and PROFILES["gemma-2-9b-it"].cell_timeout == 7200
+    assert PROFILES["cpu"].cell_timeout == 1800 and PROFILES["gemma-2-9b-it"].cell_timeout == 7200
     with pytest.raises(ValueError, match="load_options may not set"):
         replace(PROFILES["cpu"], load_options={"attn_implementation": "eager"})

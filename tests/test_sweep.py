@@ -97,8 +97,14 @@ def test_summed_loss_is_mean_times_length(big_model, tokenizer, pairs):
     np.testing.assert_allclose(total.loss_p, mean.loss_p * lengths, rtol=1e-5)
 
 
-def test_diffmean_is_the_mean_difference_of_completion_activations(big_model, tokenizer, pairs):
-    vector = diffmean(big_model, tokenizer, pairs, LAYER)
+@pytest.mark.parametrize("tokens", ["answer", "completion"])
+def test_diffmean_is_the_mean_difference_of_answer_activations(big_model, tokenizer, pairs, tokens):
+    """"answer" (the default, as the reference code) averages the answer's own tokens; "completion"
+    also the end-of-turn text after them."""
+    from splitlib.scoring import end_of_turn
+
+    vector = diffmean(big_model, tokenizer, pairs, LAYER, tokens=tokens)
+    end = len(tokenizer(end_of_turn(tokenizer), add_special_tokens=False).input_ids) if tokens == "answer" else 0
     expected = torch.zeros(big_model.config.hidden_size, dtype=torch.float64)
     for pair in pairs:
         sides = []
@@ -108,10 +114,14 @@ def test_diffmean_is_the_mean_difference_of_completion_activations(big_model, to
             with torch.no_grad():
                 hidden = big_model(ids, output_hidden_states=True).hidden_states[LAYER + 1][0]
             n = len(encoded.positive if answer == pair.positive else encoded.negative)
-            sides.append(hidden[-n:].double().mean(dim=0))
+            sides.append(hidden[-n : len(hidden) - end].double().mean(dim=0))
         expected += (sides[0] - sides[1]) / len(pairs)
     torch.testing.assert_close(vector.delta_b.detach().double(), expected, rtol=1e-4, atol=1e-5)
     assert vector.form == "vector" and vector.layer == LAYER
+    if tokens == "answer":
+        assert end > 0  # the end-of-turn text really is left out
+    with pytest.raises(ValueError, match="unknown tokens 'eot'"):
+        diffmean(big_model, tokenizer, pairs, LAYER, tokens="eot")
 
 
 # ----- the cache ---------------------------------------------------------------------------------------
