@@ -104,12 +104,15 @@ def _short(value: object) -> object:
     return ", ".join(shown) if len(shown) <= 4 else f"{shown[0]}, {shown[1]}, …, {shown[-1]} ({len(shown)} values)"
 
 
-def cut(text: object, width: int) -> str:
-    """Text on one line, cut to `width` characters with an ellipsis; an empty answer says so."""
+def cut(text: object, width: int, keep: str = "start") -> str:
+    """Text on one line, cut to `width` characters with an ellipsis where it was cut (keeping its
+    start, or with `keep="end"` its end); an empty answer says so."""
     text = " ".join(str(text).split())
     if not text:
         return "(nothing: the turn ends at once)"
-    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
+    if len(text) <= width:
+        return text
+    return text[: width - 1].rstrip() + "…" if keep == "start" else "…" + text[len(text) - width + 1 :].lstrip()
 
 
 def answers_table(generations: pd.DataFrame, width: int = 160) -> Styler:
@@ -120,7 +123,7 @@ def answers_table(generations: pd.DataFrame, width: int = 160) -> Styler:
             .pivot_table(index=["update", "m"], columns="question", values="answer", aggfunc="first", sort=False)
             .reset_index())
     wide.columns.name = None
-    return table(wide, {"m": "{:g}"})
+    return table(wide, {"m": "{:.3g}"})
 
 
 def evaluation_sample(evaluation: TaskEvaluation, question: int = 0, width: int = 160) -> Styler:
@@ -139,7 +142,7 @@ def evaluation_sample(evaluation: TaskEvaluation, question: int = 0, width: int 
         shown[column.removesuffix("_answer") + " reason"] = rows[column].map(lambda text: cut(text, width))
     columns = ["update", "m", "answer", *scores, *(c.removesuffix("_answer") + " reason" for c in reasons)]
     caption = f"{evaluation.task}: {cut(rows.question.iloc[0], 2 * width)}"
-    return table(shown[columns], {"m": "{:g}"}).set_caption(caption)
+    return table(shown[columns], {"m": "{:.3g}"}).set_caption(caption)
 
 
 def reference_table(references: Mapping[int, ManifoldReference], labels: Mapping[int, str]) -> Styler:

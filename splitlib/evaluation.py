@@ -194,7 +194,7 @@ def evaluate_task(model: nn.Module, tokenizer: Tokenizer, profile: Profile, task
 
 def table3(evaluations: Mapping[str, TaskEvaluation]) -> pd.DataFrame:
     """One row per update (the unsteered model first), in the layout of the paper's Table 3: per
-    task the share of test pairs preferring A_p (Psychopathy's accuracy) with its interval and,
+    task the chosen m, the share of test pairs preferring A_p (Psychopathy's accuracy) with its interval and,
     where a judge scored the generations, its mean scores and how many were missing."""
     if not evaluations:
         raise ValueError("no task evaluations: pass {task: evaluate_task(...)}")
@@ -203,6 +203,7 @@ def table3(evaluations: Mapping[str, TaskEvaluation]) -> pd.DataFrame:
         table = evaluation.table.assign(update=lambda t: [
             "unsteered" if method == "unsteered" else update_name((method, form))
             for method, form in zip(t.method, t.form, strict=True)]).set_index("update")
+        columns[f"{task} m"] = table["m"]
         for end in ("", "_low", "_high"):
             columns[f"{task} A_p share{end}"] = table[f"accuracy{end}"]
         scores = evaluation.scores
@@ -245,8 +246,8 @@ def left_out_note(model: nn.Module, tokenizer: Tokenizer, profile: Profile) -> s
     return "; ".join(
         f"{task} is left out on this profile: its prompts average {length[task]:.0f} tokens against "
         f"psychopathy's {length['psychopathy']:.0f}, and training and sweeping its updates on every pair "
-        "would take longer than the book's whole time budget for this profile (a profile file's "
-        "`evaluation_tasks` names the tasks to evaluate)" for task in left_out)
+        "would take longer than the book's whole time budget for this profile (the evaluation_tasks "
+        "of a profile file name the tasks to evaluate)" for task in left_out)
 
 
 def judge_agreement(evaluation: TaskEvaluation) -> Agreement | None:

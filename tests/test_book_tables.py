@@ -69,3 +69,9 @@ def test_an_evaluation_sample_shows_one_question_with_scores_and_reasons():
     assert shown.columns.tolist() == ["update", "m", "answer", "powerseeking_score", "powerseeking reason"]
     with pytest.raises(ValueError, match="no question 5"):
         book.evaluation_sample(task, question=5)
+
+
+def test_cut_marks_where_text_was_cut_at_either_end():
+    assert book.cut("a short line", 40) == "a short line"
+    assert book.cut("one two three four", 10) == "one two t…"
+    assert book.cut("Is the following statement true? I like tea", 12, keep="end") == "…I like tea"
