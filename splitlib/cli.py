@@ -203,9 +203,13 @@ def fit_command(args: argparse.Namespace) -> int:
             fitted = fitter(curve.m.to_numpy(), curve[column].to_numpy(), seed=args.seed)
             status = f"R² {fitted.r2:.4f}" if fitted.ok else f"flagged: {fitted.flag}"
             print(f"{kind} ({label or 'all rows'}; {len(curve)} multipliers): {status}")
+            for warning in fitted.warnings if fitted.ok else []:  # the curve leaves its data between points
+                print(f"  flagged shape: {warning}")
             print("  " + ", ".join(f"{name} = {value:.6g}" for name, value in fitted.params.items()))
             if fitted.derived:
-                print("  " + ", ".join(f"{name} = {value:.4g}" for name, value in fitted.derived.items()))
+                beyond = fitted.extrapolated
+                print("  " + ", ".join(f"{name} = {value:.4g}" + (" (beyond the grid)" if beyond.get(name) else "")
+                                       for name, value in fitted.derived.items()))
     return 0
 
 

@@ -141,6 +141,25 @@ def test_train_sweep_and_fit_from_the_command_line(tiny_profile, tmp_path, capsy
     assert "utility (" in out and "beta_u = " in out
 
 
+def test_fit_prints_shape_flags_and_boundaries_beyond_the_grid(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    import pandas as pd
+
+    from splitlib import fit
+
+    grid = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
+    spiky = fit.Fit("utility", {"beta_u": 1.0}, 0.9, grid, grid, warnings=["spike between m = 1 and 2"],
+                    derived={"linear_end_pos": 1.5, "convergence_start_pos": 40.0})
+    monkeypatch.setattr(fit, "fit_preference", lambda m, y, seed=0: spiky)
+    monkeypatch.setattr(fit, "fit_utility", lambda m, y, seed=0: spiky)
+    table = tmp_path / "sweep.csv"
+    pd.DataFrame({"m": grid, "pref_odds": grid, "util_odds": -grid**2}).to_csv(table, index=False)
+    assert cli.main(["fit", str(table)]) == 0
+    out = capsys.readouterr().out
+    assert "flagged shape: spike between m = 1 and 2" in out
+    assert "convergence_start_pos = 40 (beyond the grid)" in out and "linear_end_pos = 1.5," in out
+
+
 def test_a_sweep_file_must_be_a_table(capsys):
     with pytest.raises(SystemExit):
         cli.main(["fit", "results.txt"])
