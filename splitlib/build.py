@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import data
-from .cache import stable_hash
+from .cache import stable_hash, write_atomically
 from .profiles import DEFAULT_PROFILE, DeviceError, Profile, ProfileError, get_profile, profile_toml
 
 if TYPE_CHECKING:
@@ -246,9 +246,7 @@ def write_results(profile: ProfileSpec, root: Path = ROOT) -> Path:
             entries += [{"chapter": chapter.stem, "profile": name, **entry} for entry in glued_values(notebook)]
     target = results_path(profile, root)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".tmp-{target.name}")
-    partial.write_text(json.dumps(entries, indent=1, ensure_ascii=False) + "\n")
-    partial.replace(target)
+    write_atomically(target, (json.dumps(entries, indent=1, ensure_ascii=False) + "\n").encode())
     return target
 
 

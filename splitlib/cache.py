@@ -137,7 +137,7 @@ def _build(final: Path, build: Callable[[Path], object], folder: bool, made_by: 
             raise RuntimeError(f"building {final} wrote nothing at {tmp}")
         manifest = {"key": final.name, "made_by": made_by, "folder": folder, "files": _describe(tmp, final.name)}
         os.replace(tmp, final)
-        _write_atomically(manifest_path(final), json.dumps(manifest, indent=1, sort_keys=True).encode())
+        write_atomically(manifest_path(final), json.dumps(manifest, indent=1, sort_keys=True).encode())
     finally:
         _remove(tmp)
 
@@ -250,7 +250,8 @@ def _read_only(final: Path, problem: str, build: Callable[[Path], object], folde
     return target
 
 
-def _write_atomically(path: Path, content: bytes) -> None:
+def write_atomically(path: Path, content: bytes) -> None:
+    """Write at a temporary name beside `path`, then rename: a reader never sees half a file."""
     partial = path.with_name(f"{_TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
     try:
         partial.write_bytes(content)

@@ -29,17 +29,36 @@ TABLE_COLUMNS = ("accuracy", "pref_odds", "util_odds")
 INTERVALS = tuple(f"{name}_{end}" for name in TABLE_COLUMNS for end in ("low", "high"))
 
 
-def _update(summary: pd.DataFrame, key: UpdateKey, split: str) -> pd.DataFrame:
-    rows = summary[(summary.method == key[0]) & (summary.form == key[1]) & (summary.split == split)]
+def update_rows(table: pd.DataFrame, key: UpdateKey, split: str, what: str = "summary") -> pd.DataFrame:
+    """The rows of one update (method, form) on one split of a sweep or summary table, or an error
+    naming what is missing."""
+    rows = table[(table.method == key[0]) & (table.form == key[1]) & (table.split == split)]
     if rows.empty:
-        raise ValueError(f"the summary has no {split} rows for {' · '.join(key)}")
+        raise ValueError(f"the {what} has no {split} rows for {update_name(key)}")
     return rows
+
+
+def _by_update(table: pd.DataFrame) -> pd.DataFrame:
+    """An `at_chosen` table indexed by update name ("unsteered", "split · lora", ...)."""
+    names = ["unsteered" if method == "unsteered" else update_name((method, form))
+             for method, form in zip(table.method, table.form, strict=True)]
+    return table.assign(update=names).set_index("update")
+
+
+def sweep_at(model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[PolarityPair], update: Intervention,
+             m: float, profile: Profile) -> pd.DataFrame:
+    """`pairs` swept (summed losses) at 0 and at `m`, summarised: two rows, the unsteered model and
+    the update at m, each with accuracy, PrefOdds and UtilOdds and their intervals."""
+    from .sweep import run_sweep
+
+    sweep = run_sweep(model, tokenizer, pairs, update, [0.0, m], loss="sum", settings=profile.engine)
+    return summarise(sweep, by=("m",), seed=profile.seed)
 
 
 def choose_multipliers(summary: pd.DataFrame, updates: Iterable[UpdateKey], tolerance: float = 1.0
                        ) -> dict[UpdateKey, float]:
     """Each update's m by `scoring.choose_multiplier`, read on its *training*-split summary only."""
-    return {key: choose_multiplier(_update(summary, key, "train"), tolerance=tolerance) for key in updates}
+    return {key: choose_multiplier(update_rows(summary, key, "train"), tolerance=tolerance) for key in updates}
 
 
 def at_chosen(summary: pd.DataFrame, chosen: Mapping[UpdateKey, float], split: str = "test") -> pd.DataFrame:
@@ -47,13 +66,13 @@ def at_chosen(summary: pd.DataFrame, chosen: Mapping[UpdateKey, float], split: s
     UtilOdds on `split`, with their bootstrap intervals."""
     if not chosen:
         raise ValueError("no chosen multipliers: pass {(method, form): m}")
-    first = _update(summary, next(iter(chosen)), split)
+    first = update_rows(summary, next(iter(chosen)), split)
     unsteered = first[first.m == 0]
     if unsteered.empty:
         raise ValueError(f"the {split} summary has no unsteered point (m = 0)")
     rows = [{"form": "-", "method": "unsteered", "m": 0.0, **unsteered.iloc[0][list(TABLE_COLUMNS + INTERVALS)]}]
     for key, m in chosen.items():
-        at = _update(summary, key, split)
+        at = update_rows(summary, key, split)
         at = at[at.m == m]
         if at.empty:
             raise ValueError(f"{' · '.join(key)} has no {split} point at its chosen m = {m:g}")
@@ -119,7 +138,6 @@ def ablation(model: nn.Module, tokenizer: Tokenizer, train: Sequence[PolarityPai
              form: str = "lora") -> pd.DataFrame:
     """Train each variant (cached) and report its test accuracy, PrefOdds and UtilOdds at `m`,
     with intervals: what each knob of the objective is for."""
-    from .sweep import run_sweep
     from .train import train_intervention
 
     rows = []
@@ -127,8 +145,7 @@ def ablation(model: nn.Module, tokenizer: Tokenizer, train: Sequence[PolarityPai
         update: Intervention = train_intervention(
             model, tokenizer, train, method, form, profile.layer, config, rank=profile.lora_rank,
             seed=profile.seed, max_answer_tokens=profile.max_answer_tokens)
-        sweep = run_sweep(model, tokenizer, test, update, [0.0, m], loss="sum", settings=profile.engine)
-        at = summarise(sweep, by=("m",), seed=profile.seed).iloc[-1]
+        at = sweep_at(model, tokenizer, test, update, m, profile).iloc[-1]
         rows.append({"variant": name, **at[list(TABLE_COLUMNS + INTERVALS)]})
     return pd.DataFrame(rows)
 
@@ -200,9 +217,7 @@ def table3(evaluations: Mapping[str, TaskEvaluation]) -> pd.DataFrame:
         raise ValueError("no task evaluations: pass {task: evaluate_task(...)}")
     columns: dict[str, pd.Series] = {}
     for task, evaluation in evaluations.items():
-        table = evaluation.table.assign(update=lambda t: [
-            "unsteered" if method == "unsteered" else update_name((method, form))
-            for method, form in zip(t.method, t.form, strict=True)]).set_index("update")
+        table = _by_update(evaluation.table)
         columns[f"{task} m"] = table["m"]
         for end in ("", "_low", "_high"):
             columns[f"{task} A_p share{end}"] = table[f"accuracy{end}"]
@@ -260,7 +275,4 @@ def judge_agreement(evaluation: TaskEvaluation) -> Agreement | None:
     if scores is None or evaluation.task not in JUDGE_COLUMNS:
         return None
     score = scores.set_index("update")[JUDGE_COLUMNS[evaluation.task][0]]
-    preference = evaluation.table.assign(update=lambda t: [
-        "unsteered" if method == "unsteered" else update_name((method, form))
-        for method, form in zip(t.method, t.form, strict=True)]).set_index("update").pref_odds
-    return agreement(score, preference)
+    return agreement(score, _by_update(evaluation.table).pref_odds)

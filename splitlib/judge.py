@@ -19,7 +19,6 @@ import random
 import re
 import threading
 import time
-import uuid
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from .cache import cache_root, stable_hash
+from .cache import cache_root, stable_hash, write_atomically
 from .checks import check_choice, check_int, check_number, check_type
 
 if TYPE_CHECKING:
@@ -466,14 +465,9 @@ def _read_judgment(path: Path, retry_missing: bool) -> dict | None:
 
 
 def _write_json_atomically(path: Path, record: dict) -> None:
-    """Write at a temporary name, then rename: a reader never sees half a judgment."""
+    """A judgment as JSON, written atomically: a reader never sees half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
-    try:
-        partial.write_text(json.dumps(record, ensure_ascii=False, indent=1))
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_atomically(path, json.dumps(record, ensure_ascii=False, indent=1).encode())
 
 
 def _scored_table(generations: pd.DataFrame, rubrics: list[Rubric], rows: list[list[Path]],

@@ -10,16 +10,7 @@ from collections.abc import Iterator, Mapping
 import pandas as pd
 
 from . import fit, geometry
-
-UpdateKey = tuple[str, str]  # (method, form)
-
-
-def _runs(sweeps: pd.DataFrame, key: UpdateKey, split: str) -> pd.DataFrame:
-    method, form = key
-    runs = sweeps[(sweeps.method == method) & (sweeps.form == form) & (sweeps.split == split)]
-    if runs.empty:
-        raise ValueError(f"the sweeps have no {split} rows for {method} · {form}")
-    return runs
+from .evaluation import UpdateKey, update_rows
 
 
 def _updates(measured: Mapping[UpdateKey, pd.DataFrame]) -> Iterator[tuple[UpdateKey, pd.DataFrame]]:
@@ -34,7 +25,8 @@ def distance_curves(measured: Mapping[UpdateKey, pd.DataFrame], sweeps: pd.DataF
     UtilOdds(m) − UtilOdds(0)."""
     curves = []
     for key, measures in _updates(measured):
-        utility = _runs(sweeps, key, "test").groupby("m", as_index=False)[["pref_odds", "util_odds"]].mean()
+        test = update_rows(sweeps, key, "test", "sweep table")
+        utility = test.groupby("m", as_index=False)[["pref_odds", "util_odds"]].mean()
         unsteered = utility.util_odds[utility.m == 0]
         if unsteered.empty:
             raise ValueError(f"the test sweep of {' · '.join(key)} has no unsteered point (m = 0)")
@@ -50,9 +42,10 @@ def utility_correlations(measured: Mapping[UpdateKey, pd.DataFrame], sweeps: pd.
     bootstrap intervals), and `util_peak_m`, where the mean train UtilOdds is highest."""
     tables = []
     for key, measures in _updates(measured):
-        train_curve = _runs(sweeps, key, "train").groupby("m").util_odds.mean()
+        train_curve = update_rows(sweeps, key, "train", "sweep table").groupby("m").util_odds.mean()
         utility_fit = fit.fit_utility(train_curve.index.to_numpy(), train_curve.to_numpy(), seed=seed)
-        rho = geometry.rank_correlations(geometry.per_pair(measures), _runs(sweeps, key, "test"),
+        test = update_rows(sweeps, key, "test", "sweep table")
+        rho = geometry.rank_correlations(geometry.per_pair(measures), test,
                                          utility_fit.validity if utility_fit.ok else None, n_boot=n_boot, seed=seed)
         tables.append(rho.assign(method=key[0], form=key[1], util_peak_m=float(f"{train_curve.idxmax():.3g}")))
     return pd.concat(tables, ignore_index=True)

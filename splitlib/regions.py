@@ -245,15 +245,13 @@ def rule_table(model: nn.Module, tokenizer, pairs: Sequence[PolarityPair],
     the utility drop there. A choice read from a flagged fit says so in `note`."""
     import pandas as pd
 
-    from .scoring import summarise
-    from .sweep import run_sweep
+    from .evaluation import sweep_at
 
     rows = []
     for (method, form), intervention in trained.items():
         pref, util = fits[(method, form, "train", "pref")], fits[(method, form, "train", "util")]
         m_star = fitting.choose_from_fits(pref, util, tolerance=tolerance)
-        measured = summarise(run_sweep(model, tokenizer, pairs, intervention, [0.0, m_star], loss="sum",
-                                       settings=profile.engine), by=("m",), seed=profile.seed)
+        measured = sweep_at(model, tokenizer, pairs, intervention, m_star, profile)
         at = measured.iloc[-1]
         flagged = [KIND_NAMES[k] for k, f in (("pref", pref), ("util", util)) if not f.shape_ok]
         rows.append({"form": form, "method": method, "m*": m_star, "accuracy": at.accuracy,
