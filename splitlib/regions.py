@@ -98,6 +98,54 @@ def r2_table(means: pd.DataFrame, fits: Mapping[FitKey, Fit]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+TASK_COLUMNS = {"psychopathy": "PSY", "powerseeking": "PWR", "axbench": "AXB"}  # the paper's column heads
+PAPER_R2_TABLES = {"Table 2: fit on the training split": "train", "Table 6: fit on the test split": "test",
+                   "Table 7: training fit read on the test split": "train→test"}
+
+
+def mean_curves(sweeps: pd.DataFrame) -> pd.DataFrame:
+    """One row per point of each mean curve (method, form, split, m) of an `evaluation_sweeps` table."""
+    keys = ["method", "form", "split", "m"]
+    return sweeps.groupby(keys, sort=False)[list(CURVES.values())].mean().reset_index()
+
+
+def task_r2(model: nn.Module, tokenizer, profile: Profile, task: str) -> pd.DataFrame:
+    """`r2_table` for one task: its updates trained and swept on both splits (cached, the sweeps
+    chapter 5 reads too), every mean curve fitted."""
+    from .data import load_task
+    from .train import evaluation_sweeps, residual_norm, train_all
+
+    data = load_task(task, profile, model, tokenizer)
+    trained = train_all(model, tokenizer, data.train, profile, task)
+    unit = residual_norm(model, tokenizer, data.train, profile.layer)  # as chapters 3-5 scale DiffMean
+    sweeps = evaluation_sweeps(model, tokenizer, {"train": data.train, "test": data.test}, trained, profile, unit)
+    means = mean_curves(sweeps)
+    return r2_table(means, fit_curves(means, seed=profile.seed))
+
+
+def paper_r2_tables(by_task: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Several tasks' `r2_table` in the layout of the paper's Tables 2, 6 and 7: per table one
+    row per form and method, preference then utility, a column per task (PSY, PWR, AXB) and their
+    average (not a number where a task's fit is missing)."""
+    import pandas as pd
+
+    if not by_task:
+        raise ValueError("paper_r2_tables needs at least one task's r2_table")
+    unknown = sorted(set(by_task) - set(TASK_COLUMNS))
+    if unknown:
+        raise ValueError(f"paper_r2_tables: unknown task {unknown[0]!r}; tasks are {sorted(TASK_COLUMNS)}")
+    tables = {}
+    for title, source in PAPER_R2_TABLES.items():
+        columns: dict[str, pd.Series] = {}
+        for kind, label in (("pref", "Pref"), ("util", "Util")):
+            for task, table in by_task.items():
+                columns[f"{label} {TASK_COLUMNS[task]}"] = table.set_index(["form", "method"])[f"{kind} {source}"]
+            per_task = pd.DataFrame({name: columns[name] for name in columns if name.startswith(label)})
+            columns[f"{label} Avg"] = per_task.mean(axis=1, skipna=False)
+        tables[title] = pd.DataFrame(columns).reset_index()
+    return tables
+
+
 def r2_view(table: pd.DataFrame, fits: Mapping[FitKey, Fit]) -> Styler:
     """`r2_table` for the page: two decimals, a fit that could not be made as "not fitted", and a
     shape-flagged fit's R² marked † (explained in the caption)."""

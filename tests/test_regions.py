@@ -174,3 +174,33 @@ def test_chapter_three_figures_have_at_most_six_panels_and_legends_outside():
 
 def test_spread_multipliers_takes_the_ends_the_quarters_and_zero():
     assert plots.spread_multipliers([-2, -1, 0, 1, 2, -3, 3, 4, -4]) == [-4.0, -2.0, 0.0, 2.0, 4.0]
+
+
+def _r2_rows(offset: float) -> pd.DataFrame:
+    rows = [{"form": form, "method": method, **{column: offset + k / 10 for k, column in
+                                                  enumerate(regions.R2_SOURCES)}} for method, form in UPDATES]
+    return pd.DataFrame(rows)
+
+
+def test_paper_r2_tables_put_each_task_in_its_column_with_the_average():
+    psy, axb = _r2_rows(0.0), _r2_rows(0.05)
+    axb.loc[1, "util test"] = float("nan")  # a missing fit leaves that row's average missing
+    tables = regions.paper_r2_tables({"psychopathy": psy, "axbench": axb})
+    assert list(tables) == list(regions.PAPER_R2_TABLES)
+    table6 = tables["Table 6: fit on the test split"]
+    assert list(table6.columns) == ["form", "method", "Pref PSY", "Pref AXB", "Pref Avg",
+                                    "Util PSY", "Util AXB", "Util Avg"]
+    assert list(zip(table6.method, table6.form)) == UPDATES
+    assert np.allclose(table6["Pref PSY"], psy["pref test"]) and np.allclose(table6["Util AXB"][[0, 2, 3]],
+                                                                               axb["util test"][[0, 2, 3]])
+    assert np.allclose(table6["Pref Avg"], (psy["pref test"] + axb["pref test"]) / 2)
+    assert math.isnan(table6["Util Avg"][1]) and not math.isnan(table6["Util Avg"][0])
+    table7 = tables["Table 7: training fit read on the test split"]
+    assert np.allclose(table7["Util PSY"], psy["util train→test"])
+
+
+def test_paper_r2_tables_refuse_no_task_and_unknown_tasks():
+    with pytest.raises(ValueError, match="at least one"):
+        regions.paper_r2_tables({})
+    with pytest.raises(ValueError, match="unknown task 'sentiment'"):
+        regions.paper_r2_tables({"sentiment": _r2_rows(0.0)})
