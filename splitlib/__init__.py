@@ -4,8 +4,9 @@ One module per idea: `profiles` (which model, layer and sizes), `models` (loadin
 `interventions` (the unified update of Eq. 4 in three forms), `data` (polarity pairs and splits),
 `scoring` (losses and the two log-odds), `engine` (the two-part forward: packed rows, batched
 multipliers, capture), `sweep` (the m-sweep table), `train` (SFT, RePS, SPLIT and DiffMean),
-`fit` (rational-quadratic decay fits), `regions` (chapter 4's fits of every update and their
-tables), `geometry` (the activation manifold, measured), `manifold`
+`search` (the cpu profile's training hyperparameters, chosen on the training split), `fit`
+(rational-quadratic decay fits), `regions` (chapter 4's fits of every update and their tables),
+`geometry` (the activation manifold, measured), `manifold`
 (those measures set against utility, per update), `evaluation` (one m per update and the
 updates compared there), `generations` (steered answers for open-ended evaluation), `judge`
 (judge models scoring them), `attention`
@@ -23,7 +24,7 @@ import warnings
 warnings.filterwarnings("ignore", message="IProgress not found")
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 
-from . import book, data, evaluation, fit, geometry, interop, judge, manifold, plots, regions  # noqa: E402
+from . import book, data, evaluation, fit, geometry, interop, judge, manifold, plots, regions, search  # noqa: E402
 from .cache import cache_root
 from .data import TASKS, DataError, PolarityPair, TaskData, load_pairs, load_task
 from .generations import evaluation_generations
@@ -78,6 +79,7 @@ __all__ = [
     "DataError",
     "interop",
     "regions",
+    "search",
     "judge",
     "evaluation_generations",
     "evaluation",

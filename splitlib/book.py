@@ -96,6 +96,27 @@ def hyperparameter_table(configs: Mapping[tuple[str, str], TrainConfig]) -> Styl
     return table(rows[["method", "form", *varying]]).set_caption(f"The same for every row: {shared}.")
 
 
+def search_table(record: Mapping) -> Styler:
+    """A training search's candidates, one row per (form, learning rate) and one column per
+    schedule, each cell its validation accuracy at its chosen m; the chosen candidates in bold."""
+    frame = record["table"].assign(
+        schedule=lambda t: [f"{e} epochs × batch {b}" for e, b in zip(t.epochs, t.batch_size, strict=True)],
+        cell=lambda t: [f"{a:.0%} (m = {m:g})" for a, m in zip(t.accuracy, t.m, strict=True)])
+    order = [f"{e} epochs × batch {b}" for e, b in record["space"]["schedules"]]
+    grid = frame.pivot(index=["form", "lr"], columns="schedule", values="cell")[order].reset_index()
+    grid.columns.name = None
+    chosen = {(form, c["lr"], f"{c['epochs']} epochs × batch {c['batch_size']}")
+              for form, c in record["chosen"].items()}
+
+    def bold(shown: pd.DataFrame) -> pd.DataFrame:
+        return shown.apply(lambda row: ["font-weight: bold" if (row.form, row.lr, name) in chosen else ""
+                                        for name in row.index], axis=1, result_type="broadcast")
+
+    return (table(grid, {"lr": "{:g}"}).apply(bold, axis=None)
+            .set_caption(f"Validation accuracy on {record['validation_pairs']} held-out training pairs "
+                         f"(SPLIT, {record['task']}); bold: the schedule chosen per form."))
+
+
 def _short(value: object) -> object:
     """A tuple as short text: long numeric grids as their first two values, an ellipsis, the last."""
     if not isinstance(value, tuple):

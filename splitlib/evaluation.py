@@ -80,6 +80,62 @@ def at_chosen(summary: pd.DataFrame, chosen: Mapping[UpdateKey, float], split: s
     return pd.DataFrame(rows)
 
 
+# The book's rule and its alternatives, each read on the training split only.
+BOOK_RULE = "best accuracy within tolerance"
+RULES = (BOOK_RULE, "fitted curves", "m = 1 (reference code)")
+
+
+def rule_multipliers(summary: pd.DataFrame, fits: Mapping[tuple[str, str, str, str], Any],
+                     updates: Iterable[UpdateKey], tolerance: float = 1.0) -> dict[str, dict[UpdateKey, float]]:
+    """Each rule's m per update: the book's (`choose_multipliers` on the training summary), the
+    fitted-curve rule (`fit.choose_from_fits` on the training fits; NaN where a fit is flagged)
+    and the reference code's fixed m = 1."""
+    from .fit import choose_from_fits
+
+    updates = list(updates)
+    fitted = {}
+    for method, form in updates:
+        pref, util = fits[(method, form, "train", "pref")], fits[(method, form, "train", "util")]
+        fitted[(method, form)] = (choose_from_fits(pref, util, tolerance=tolerance) if pref.ok and util.ok
+                                  else float("nan"))
+    return {BOOK_RULE: choose_multipliers(summary, updates, tolerance=tolerance), RULES[1]: fitted,
+            RULES[2]: dict.fromkeys(updates, 1.0)}
+
+
+def rule_comparison(model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[PolarityPair],
+                    trained: Mapping[UpdateKey, Intervention], summary: pd.DataFrame,
+                    fits: Mapping[tuple[str, str, str, str], Any], profile: Profile, tolerance: float = 1.0,
+                    split: str = "test") -> pd.DataFrame:
+    """Every update at each rule's m (`rule_multipliers`), read on `pairs` (the `split` of
+    `summary`): accuracy, PrefOdds and UtilOdds with intervals, from the summary where m is on its
+    grid, else from a sweep at 0 and m (cached)."""
+    rows = []
+    for rule, chosen in rule_multipliers(summary, fits, trained, tolerance).items():
+        for key, m in chosen.items():
+            if m != m:  # NaN: the rule has no answer for this update
+                rows.append({"rule": rule, "method": key[0], "form": key[1], "m": m})
+                continue
+            on_grid = update_rows(summary, key, split)
+            at = on_grid[on_grid.m == m]
+            point = at.iloc[0] if not at.empty else sweep_at(model, tokenizer, pairs, trained[key], m, profile).iloc[-1]
+            rows.append({"rule": rule, "method": key[0], "form": key[1], "m": m,
+                         **point[list(TABLE_COLUMNS + INTERVALS)]})
+    return pd.DataFrame(rows)
+
+
+def rule_verdicts(comparison: pd.DataFrame, method: str = "split") -> pd.DataFrame:
+    """Per rule, in how many forms (`wins` of `forms`) `method` is at least as accurate as every
+    other trained method at that rule's m: whether a conclusion survives a different rule."""
+    rows = []
+    for rule, group in comparison[comparison.method != "diffmean"].groupby("rule", sort=False):
+        forms = [form for form, part in group.groupby("form", sort=False)
+                 if (part.method == method).any() and part.accuracy.notna().all()]
+        wins = sum(float(group[(group.form == form) & (group.method == method)].accuracy.iloc[0])
+                   >= float(group[(group.form == form) & (group.method != method)].accuracy.max()) for form in forms)
+        rows.append({"rule": rule, "forms": len(forms), "wins": wins})
+    return pd.DataFrame(rows)
+
+
 def frontier_reach(summary: pd.DataFrame, tolerance: float = 1.0, split: str = "test") -> pd.DataFrame:
     """Per method and form: the highest mean PrefOdds (with its interval, and the m where it is
     reached) among the m >= 0 whose mean UtilOdds stays within `tolerance` nats below the

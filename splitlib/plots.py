@@ -148,6 +148,36 @@ def frontier(summary: pd.DataFrame, chosen: dict[tuple[str, str], float] | None 
     return fig
 
 
+RULE_MARKERS = ("o", "D", "x")
+
+
+def rule_alternatives(comparison: pd.DataFrame) -> Figure:
+    """One panel per form: each method's test accuracy (with its interval) at the m each rule
+    picks (`evaluation.rule_comparison`), one marker per rule, side by side."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    forms = list(dict.fromkeys(comparison.form))
+    rules = list(dict.fromkeys(comparison.rule))
+    fig, axes = _grid(1, len(forms), 3.4, 3.2, sharey=True)
+    for ax, form in zip(axes[0], forms):
+        part = comparison[comparison.form == form]
+        methods = list(dict.fromkeys(part.method))
+        for k, (rule, marker) in enumerate(zip(rules, RULE_MARKERS)):
+            rows = part[part.rule == rule].set_index("method").reindex(methods)
+            x = np.arange(len(methods)) + (k - (len(rules) - 1) / 2) * 0.22
+            low, high = rows.accuracy - rows.accuracy_low, rows.accuracy_high - rows.accuracy
+            ax.errorbar(x, rows.accuracy, yerr=[low, high], fmt=marker, color="black" if k == 0 else f"C{k}",
+                        capsize=2, markersize=5, label=rule)
+        ax.set_xticks(range(len(methods)), methods)
+        ax.set(title=FORM_LABELS.get(form, form), ylim=(0, 1.05))
+        ax.axhline(0.5, color="#bbbbbb", linewidth=0.8, zorder=0)
+    axes[0][0].set_ylabel("test accuracy")
+    _legend_below(fig, list(axes[0]))
+    plt.close(fig)
+    return fig
+
+
 def loss_histories(histories: dict[tuple[str, str], list[float]]) -> Figure:
     """Training loss per optimiser step, one panel per form, one line per method."""
     import matplotlib.pyplot as plt

@@ -148,16 +148,32 @@ _QWEN_SPLIT = {
     ("axbench", "lora"): _paper_split(12, 2, 2, 0.04, 0.5, 5, 0.45, ADD),
     ("axbench", "vector"): _paper_split(18, 2, 2, 0.08, 0.6, 6, 0.5, ADD, vector=True),
 }
-# The cpu profile: the same objective and pair types, fewer steps, and step sizes for a model whose
-# residual stream is far smaller than Gemma-2's.
+# The cpu profile: the same objective and pair types, with the learning rate, epochs and batch size
+# per form that `splitlib.search` chose on Psychopathy's training split (its record ships beside
+# this file; `python -m splitlib.search` writes it again). Without a record: the values before the search.
+SEARCH_RECORD = Path(__file__).resolve().parent / "configs" / "cpu-training-search.json"
+_CPU_BEFORE_SEARCH = {form: {"lr": lr, "epochs": 2, "batch_size": 8}
+                      for form, lr in (("vector", 0.01), ("lora", 0.01), ("local_weight", 0.002))}
+
+
+def searched_schedules(path: Path = SEARCH_RECORD) -> dict[str, dict[str, Any]]:
+    """The search's chosen lr, epochs and batch size per form, or the pre-search values without a record."""
+    if not path.exists():
+        return _CPU_BEFORE_SEARCH
+    chosen = json.loads(path.read_text()).get("chosen")
+    if not isinstance(chosen, dict) or set(chosen) != set(_CPU_BEFORE_SEARCH):
+        raise ProfileError(f"{path} holds no chosen schedule for every form ({', '.join(_CPU_BEFORE_SEARCH)})")
+    return chosen
+
+
 _CPU_SPLIT = {
     (task, form): TrainConfig(
-        epochs=2, batch_size=8, grad_accum=1, lr={"vector": 0.01, "lora": 0.01, "local_weight": 0.002}[form],
-        multipliers=_VECTOR_MULTIPLIERS if form == "vector" else _WEIGHT_MULTIPLIERS,
+        epochs=int(schedule["epochs"]), batch_size=int(schedule["batch_size"]), grad_accum=1,
+        lr=float(schedule["lr"]), multipliers=_VECTOR_MULTIPLIERS if form == "vector" else _WEIGHT_MULTIPLIERS,
         pair_types=ADD_SUB if form != "local_weight" else ADD,
     )
     for task in ("psychopathy", "powerseeking", "axbench")
-    for form in ("vector", "lora", "local_weight")
+    for form, schedule in searched_schedules().items()
 }
 
 

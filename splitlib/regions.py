@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from pandas.io.formats.style import Styler
     from torch import nn
 
-    from .data import PolarityPair
     from .interventions import Intervention
     from .profiles import Profile
 
@@ -285,30 +284,6 @@ def region_samples(model: nn.Module, tokenizer, intervention: Intervention, stop
 
 
 # ----- the rule for choosing m ----------------------------------------------------------------------------
-def rule_table(model: nn.Module, tokenizer, pairs: Sequence[PolarityPair],
-               trained: Mapping[tuple[str, str], Intervention], fits: Mapping[FitKey, Fit], profile: Profile,
-               tolerance: float = 1.0) -> pd.DataFrame:
-    """The chapter's rule (`fit.choose_from_fits` on the training split's fits) for every trained
-    update, checked by sweeping `pairs` at 0 and the chosen m*: accuracy, PrefOdds, UtilOdds and
-    the utility drop there. A choice read from a flagged fit says so in `note`."""
-    import pandas as pd
-
-    from .evaluation import sweep_at
-
-    rows = []
-    for (method, form), intervention in trained.items():
-        pref, util = fits[(method, form, "train", "pref")], fits[(method, form, "train", "util")]
-        m_star = fitting.choose_from_fits(pref, util, tolerance=tolerance)
-        measured = sweep_at(model, tokenizer, pairs, intervention, m_star, profile)
-        at = measured.iloc[-1]
-        flagged = [KIND_NAMES[k] for k, f in (("pref", pref), ("util", util)) if not f.shape_ok]
-        rows.append({"form": form, "method": method, "m*": m_star, "accuracy": at.accuracy,
-                     "PrefOdds": at.pref_odds, "UtilOdds": at.util_odds,
-                     "utility drop": measured.util_odds.iloc[0] - at.util_odds,
-                     "note": f"{' and '.join(flagged)} fit flagged" if flagged else ""})
-    return pd.DataFrame(rows)
-
-
 # ----- figures --------------------------------------------------------------------------------------------
 def region_panels(means: pd.DataFrame, fits: Mapping[FitKey, Fit], method: str, split: str = "train") -> list[dict]:
     """The panels of `plots.fitted_regions` for one method: preference in the first row, utility

@@ -107,3 +107,39 @@ def test_judge_agreement_ranks_updates_by_score_against_preference():
                                 "harmonic_mean": [0.0, 1.0, 1.0, 2.0]})
     agreed = evaluation.judge_agreement(task)
     assert agreed.n == 4 and agreed.rho > 0.9
+
+
+def test_each_rule_reads_the_test_split_at_its_own_m(monkeypatch):
+    from types import SimpleNamespace
+
+    from splitlib import fit
+
+    swept = []
+
+    def fake_sweep_at(model, tokenizer, pairs, update, m, profile):
+        swept.append(m)
+        row = {c: 0.7 for c in evaluation.TABLE_COLUMNS + evaluation.INTERVALS}
+        return pd.DataFrame([row | {"accuracy": 0.5}, row])
+
+    monkeypatch.setattr(fit, "choose_from_fits", lambda pref, util, tolerance: 1.5)  # off the grid
+    monkeypatch.setattr(evaluation, "sweep_at", fake_sweep_at)
+    ok = SimpleNamespace(ok=True)
+    fits = {("split", "lora", "train", "pref"): ok, ("split", "lora", "train", "util"): ok}
+    table = evaluation.rule_comparison(None, None, [], {("split", "lora"): None}, _summary(), fits, None)
+    assert list(table.rule) == list(evaluation.RULES)
+    assert table.m.tolist() == [1.0, 1.5, 1.0]
+    assert table.accuracy.tolist() == [0.6, 0.7, 0.6], "on the grid from the test summary, off it from a sweep"
+    assert swept == [1.5]
+    flagged = fits | {("split", "lora", "train", "util"): SimpleNamespace(ok=False)}
+    without = evaluation.rule_comparison(None, None, [], {("split", "lora"): None}, _summary(), flagged, None)
+    assert without.m.isna().tolist() == [False, True, False] and without.accuracy.isna().tolist()[1]
+
+
+def test_rule_verdicts_count_the_forms_a_method_leads():
+    rows = [("book", "lora", "split", 0.9), ("book", "lora", "sft", 0.8), ("book", "vector", "split", 0.6),
+            ("book", "vector", "reps", 0.7), ("book", "vector", "diffmean", 0.99),
+            ("m = 1", "lora", "split", 0.5), ("m = 1", "lora", "sft", 0.5)]
+    table = pd.DataFrame(rows, columns=["rule", "form", "method", "accuracy"])
+    verdicts = evaluation.rule_verdicts(table).set_index("rule")
+    assert verdicts.loc["book", "wins"] == 1 and verdicts.loc["book", "forms"] == 2, "DiffMean is not trained"
+    assert verdicts.loc["m = 1", "wins"] == 1, "a tie counts as at least as accurate"

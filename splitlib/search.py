@@ -1,0 +1,189 @@
+"""Training hyperparameters chosen on the training split alone.
+
+A small grid of learning rates, epochs and batch sizes per form: each candidate trains SPLIT on
+two thirds of the training split and is read on the held-out third at the m the book's rule
+picks there (`scoring.choose_multiplier`). The test split is never an argument, so it cannot be
+read. `python -m splitlib.search` runs it for a profile and writes the record the cpu profile's
+configs come from (`profiles.SEARCH_RECORD`); chapter 5 shows that record.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from torch import nn
+
+from .cache import write_atomically
+from .checks import check_int, check_number
+from .data import PolarityPair, check_pairs
+from .interventions import check_form
+from .profiles import SEARCH_RECORD, Profile, TrainConfig, check_profile
+from .scoring import Tokenizer, choose_multiplier, summarise
+from .sweep import run_sweep
+from .train import config_for, evaluation_multipliers, train_intervention
+
+CANDIDATE_COLUMNS = ("form", "lr", "epochs", "batch_size", "m", "accuracy", "pref_odds", "util_odds",
+                     "unsteered_util_odds", "seconds")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The candidates per form: every learning rate of the form with every (epochs, batch size)
+    schedule. A schedule's cost is its epochs (a step's cost grows with its batch)."""
+
+    learning_rates: Mapping[str, tuple[float, ...]]
+    schedules: tuple[tuple[int, int], ...]  # (epochs, batch_size)
+
+    def __post_init__(self) -> None:
+        for form, rates in self.learning_rates.items():
+            check_form(form)
+            if not rates:
+                raise ValueError(f"SearchSpace.learning_rates[{form!r}] is empty")
+            for lr in rates:
+                check_number(f"SearchSpace.learning_rates[{form!r}] entry", lr, 0, open_low=True)
+        if not self.schedules:
+            raise ValueError("SearchSpace.schedules is empty: give (epochs, batch_size) pairs")
+        for epochs, batch in self.schedules:
+            check_int("SearchSpace epochs", epochs, low=1)
+            check_int("SearchSpace batch_size", batch, low=1)
+
+
+# The cpu profile's space: its former rates and 3x and 10x them; 2 or 4 epochs, batches of 8 or 4.
+CPU_SPACE = SearchSpace(
+    learning_rates={"vector": (0.01, 0.03, 0.1), "lora": (0.01, 0.03, 0.1), "local_weight": (0.002, 0.006, 0.02)},
+    schedules=((2, 8), (2, 4), (4, 4)),
+)
+
+
+def validation_split(pairs: Sequence[PolarityPair], held_out: float = 1 / 3, seed: int = 0
+                     ) -> tuple[list[PolarityPair], list[PolarityPair]]:
+    """The training split cut in two by question, reproducibly, so that no question is on both
+    sides: (pairs to train on, about `held_out` of them to validate on)."""
+    check_pairs(pairs, "training split")
+    check_number("held_out", held_out, 0, 1, open_low=True, open_high=True)
+    groups = sorted({pair.group for pair in pairs})
+    if len(groups) < 2:
+        raise ValueError(f"a training split of {len(pairs)} pairs on {len(groups)} question(s) cannot be cut in two")
+    random.Random(seed).shuffle(groups)
+    validation_groups: set[str] = set()
+    for group in groups[:-1]:  # at least one question stays to train on
+        if sum(pair.group in validation_groups for pair in pairs) >= held_out * len(pairs):
+            break
+        validation_groups.add(group)
+    return ([pair for pair in pairs if pair.group not in validation_groups],
+            [pair for pair in pairs if pair.group in validation_groups])
+
+
+def candidates(base: TrainConfig, form: str, space: SearchSpace) -> list[TrainConfig]:
+    """`base` with each learning rate and schedule of `space` for `form`."""
+    if form not in space.learning_rates:
+        raise ValueError(f"the search space has no learning rates for the {form} form "
+                         f"(it has {sorted(space.learning_rates)})")
+    return [dataclasses.replace(base, lr=lr, epochs=epochs, batch_size=batch, grad_accum=1)
+            for lr in space.learning_rates[form] for epochs, batch in space.schedules]
+
+
+def search_training(model: nn.Module, tokenizer: Tokenizer, train: Sequence[PolarityPair], profile: Profile,
+                    task: str, space: SearchSpace, *, method: str = "split",
+                    tolerance: float = 1.0, progress: bool = True) -> pd.DataFrame:
+    """Every candidate of `space` for each form it names, trained (cached) on part of the *training* split
+    and read on the rest at the m the book's rule picks there: one row per candidate."""
+    check_profile(profile)
+    fit_pairs, validation = validation_split(train, seed=profile.seed)
+    rows = []
+    for form in space.learning_rates:
+        for config in candidates(config_for(profile, task, method, form), form, space):
+            started = time.perf_counter()
+            update = train_intervention(model, tokenizer, fit_pairs, method, form, profile.layer, config,
+                                        rank=profile.lora_rank, seed=profile.seed,
+                                        max_answer_tokens=profile.max_answer_tokens, settings=profile.engine,
+                                        progress=progress)
+            grid = [0.0, *evaluation_multipliers(profile, method, form, update, 1.0)]
+            sweep = run_sweep(model, tokenizer, validation, update, sorted(set(grid)), split="validation",
+                              loss="sum", max_answer_tokens=profile.max_answer_tokens, settings=profile.engine,
+                              progress=progress)
+            summary = summarise(sweep, by=("m",), seed=profile.seed)
+            m = choose_multiplier(summary, tolerance=tolerance)
+            at, unsteered = summary[summary.m == m].iloc[0], summary[summary.m == 0].iloc[0]
+            rows.append({"form": form, "lr": config.lr, "epochs": config.epochs, "batch_size": config.batch_size,
+                         "m": m, "accuracy": float(at.accuracy), "pref_odds": float(at.pref_odds),
+                         "util_odds": float(at.util_odds), "unsteered_util_odds": float(unsteered.util_odds),
+                         "seconds": time.perf_counter() - started})
+    return pd.DataFrame(rows, columns=list(CANDIDATE_COLUMNS))
+
+
+def choose_candidates(table: pd.DataFrame, validation_pairs: int) -> pd.DataFrame:
+    """Per form, the candidate with the highest validation accuracy; candidates within one of the
+    `validation_pairs` of it count as tied, and the cheapest of those wins (fewest epochs, then
+    the highest PrefOdds): the time budget is part of the choice."""
+    if table.empty:
+        raise ValueError("no search results to choose from")
+    check_int("validation_pairs", validation_pairs, low=1)
+    chosen = []
+    for _, group in table.groupby("form", sort=False):
+        tied = group[group.accuracy >= group.accuracy.max() - 1 / validation_pairs - 1e-9]
+        chosen.append(tied.sort_values(["epochs", "pref_odds"], ascending=[True, False]).iloc[0])
+    return pd.DataFrame(chosen).reset_index(drop=True)
+
+
+def search_record(table: pd.DataFrame, profile: Profile, task: str, space: SearchSpace, held_out: int,
+                  seconds: float) -> dict:
+    """What `python -m splitlib.search` writes: the candidates, the choice per form and how it was made."""
+    from .provenance import code_version
+
+    chosen = choose_candidates(table, held_out)
+    return {
+        "profile": profile.name, "task": task, "method": "split", "validation_pairs": held_out,
+        "rule": "highest validation accuracy at the m scoring.choose_multiplier picks on the validation pairs; "
+                "within one validation pair of it, the fewest epochs, then the highest PrefOdds",
+        "space": {"learning_rates": {k: list(v) for k, v in space.learning_rates.items()},
+                  "schedules": [list(s) for s in space.schedules]},
+        "candidates": table.to_dict(orient="records"),
+        "chosen": {row.form: {"lr": float(row.lr), "epochs": int(row.epochs), "batch_size": int(row.batch_size)}
+                   for row in chosen.itertuples()},
+        "seconds": round(seconds, 1), "code": code_version(),
+    }
+
+
+def read_record(path: str | Path = SEARCH_RECORD) -> dict:
+    """A search record written by `python -m splitlib.search` (its candidates as a table under "table")."""
+    record = json.loads(Path(path).read_text())
+    missing = [key for key in ("candidates", "chosen", "validation_pairs") if key not in record]
+    if missing:
+        raise ValueError(f"{path} is not a search record: it lacks {', '.join(missing)}")
+    return {**record, "table": pd.DataFrame(record["candidates"], columns=list(CANDIDATE_COLUMNS))}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the profile's search on a task's training split and write its record."""
+    import argparse
+
+    from .data import load_task
+    from .models import load_model
+    from .profiles import get_profile
+
+    parser = argparse.ArgumentParser(prog="python -m splitlib.search", description=main.__doc__)
+    parser.add_argument("--profile", default=None, help="a built-in profile or a profile file (default: cpu)")
+    parser.add_argument("--task", default="psychopathy")
+    parser.add_argument("--out", type=Path, default=SEARCH_RECORD)
+    args = parser.parse_args(argv)
+    profile = get_profile(args.profile)
+    model, tokenizer = load_model(profile)
+    train = load_task(args.task, profile, model, tokenizer).train  # the test split is never passed on
+    started = time.perf_counter()
+    table = search_training(model, tokenizer, train, profile, args.task, CPU_SPACE)
+    held_out = len(validation_split(train, seed=profile.seed)[1])
+    record = search_record(table, profile, args.task, CPU_SPACE, held_out, time.perf_counter() - started)
+    write_atomically(args.out, (json.dumps(record, indent=1) + "\n").encode())
+    print(choose_candidates(table, held_out).to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""The training search: it reads the training split only, cuts it by question, and chooses cheaply."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pandas as pd
+import pytest
+from conftest import tiny_model
+
+from splitlib import search
+from splitlib.data import PolarityPair
+from splitlib.profiles import PROFILES, SEARCH_RECORD, get_profile, searched_schedules
+
+LAYER = 2
+TRAIN = [PolarityPair(f"q{i // 2}-{i % 2}", f"Question {i // 2}: do you like the sea?", "Yes, the waves.", "No.", "t")
+         for i in range(12)]
+
+
+class TrainOnly:
+    """A task whose test split cannot be read without failing the test."""
+
+    task, origin, notes = "psychopathy", "test", []
+
+    def __init__(self, train):
+        self.train = train
+
+    @property
+    def test(self):
+        raise AssertionError("the search read the test split")
+
+
+def test_the_validation_split_cuts_by_question_and_repeats():
+    fit, held = search.validation_split(TRAIN, seed=3)
+    assert sorted(p.id for p in fit + held) == sorted(p.id for p in TRAIN)
+    assert not {p.group for p in fit} & {p.group for p in held}
+    assert 3 <= len(held) <= 6
+    assert search.validation_split(TRAIN, seed=3) == (fit, held)
+    with pytest.raises(ValueError, match="cannot be cut in two"):
+        search.validation_split(TRAIN[:2])
+
+
+def test_ties_go_to_the_cheaper_schedule():
+    table = pd.DataFrame([
+        {"form": "lora", "lr": 0.1, "epochs": 4, "batch_size": 4, "pref_odds": 3.0, "accuracy": 0.9},
+        {"form": "lora", "lr": 0.03, "epochs": 2, "batch_size": 4, "pref_odds": 2.0, "accuracy": 0.875},
+        {"form": "lora", "lr": 0.01, "epochs": 2, "batch_size": 8, "pref_odds": 1.0, "accuracy": 0.5},
+        {"form": "vector", "lr": 0.1, "epochs": 4, "batch_size": 4, "pref_odds": 1.0, "accuracy": 0.9},
+        {"form": "vector", "lr": 0.01, "epochs": 2, "batch_size": 8, "pref_odds": 1.0, "accuracy": 0.6},
+    ])
+    chosen = search.choose_candidates(table, validation_pairs=32).set_index("form")
+    assert chosen.loc["lora", "lr"] == 0.03, "within one of 32 validation pairs: the 2-epoch schedule"
+    assert chosen.loc["vector", "lr"] == 0.1
+    assert search.choose_candidates(table, validation_pairs=100).set_index("form").loc["lora", "lr"] == 0.1
+
+
+def test_the_search_never_reads_the_test_split(tokenizer, cache_dir, tmp_path, monkeypatch):
+    from splitlib import data, models, profiles
+
+    profile = dataclasses.replace(get_profile("cpu"), layer=LAYER, weight_grid=(0.0, 1.0, 2.0),
+                                  vector_grid=(0.0, 4.0), max_answer_tokens=None)
+    monkeypatch.setattr(profiles, "get_profile", lambda name=None: profile)
+    monkeypatch.setattr(models, "load_model", lambda profile: (tiny_model("llama", vocab_size=49152), tokenizer))
+    monkeypatch.setattr(data, "load_task", lambda task, *args, **kwargs: TrainOnly(TRAIN))
+    monkeypatch.setattr(search, "CPU_SPACE", search.SearchSpace({"lora": (0.01, 0.1)}, ((1, 4),)))
+    out = tmp_path / "record.json"
+    assert search.main(["--out", str(out)]) == 0
+    record = search.read_record(out)
+    assert list(record["table"].lr) == [0.01, 0.1]
+    assert set(record["chosen"]) == {"lora"}
+    assert record["validation_pairs"] == len(search.validation_split(TRAIN, seed=profile.seed)[1])
+
+
+def test_the_cpu_profile_trains_with_the_shipped_record():
+    record = json.loads(SEARCH_RECORD.read_text())
+    assert searched_schedules() == record["chosen"]
+    for (_task, form), config in PROFILES["cpu"].split_configs.items():
+        chosen = record["chosen"][form]
+        assert (config.lr, config.epochs, config.batch_size) == (chosen["lr"], chosen["epochs"], chosen["batch_size"])
+    table = search.read_record()["table"]
+    again = search.choose_candidates(table, record["validation_pairs"]).set_index("form")
+    for form, chosen in record["chosen"].items():
+        assert (again.loc[form, "lr"], again.loc[form, "epochs"]) == (chosen["lr"], chosen["epochs"])
+
+
+def test_a_bad_space_is_named():
+    with pytest.raises(ValueError, match="learning_rates\\['lora'\\] is empty"):
+        search.SearchSpace({"lora": ()}, ((2, 4),))
+    with pytest.raises(ValueError, match="no learning rates for the vector form"):
+        search.candidates(PROFILES["cpu"].split_configs[("psychopathy", "vector")], "vector",
+                          search.SearchSpace({"lora": (0.1,)}, ((2, 4),)))
