@@ -171,7 +171,7 @@ def rule_alternatives(comparison: pd.DataFrame) -> Figure:
                         capsize=2, markersize=5, label=rule)
         ax.set_xticks(range(len(methods)), methods)
         ax.set(title=FORM_LABELS.get(form, form), ylim=(0, 1.05))
-        ax.axhline(0.5, color="#bbbbbb", linewidth=0.8, zorder=0)
+        ax.axhline(0.5, color="#777777", linestyle="--", linewidth=0.9, zorder=0)
     axes[0][0].set_ylabel("test accuracy")
     _legend_below(fig, list(axes[0]))
     plt.close(fig)
