@@ -151,7 +151,7 @@ _QWEN_SPLIT = {
 # The cpu profile: the same objective and pair types, with the learning rate, epochs and batch size
 # per form that `splitlib.search` chose on Psychopathy's training split (its record ships beside
 # this file; `python -m splitlib.search` writes it again). Without a record: the values before the search.
-SEARCH_RECORD = Path(__file__).resolve().parent / "configs" / "cpu-training-search.json"
+SEARCH_RECORD = Path(__file__).resolve().parent / "records" / "cpu-training-search.json"
 _CPU_BEFORE_SEARCH = {form: {"lr": lr, "epochs": 2, "batch_size": 8}
                       for form, lr in (("vector", 0.01), ("lora", 0.01), ("local_weight", 0.002))}
 
