@@ -82,7 +82,9 @@ def at_chosen(summary: pd.DataFrame, chosen: Mapping[UpdateKey, float], split: s
 
 # The book's rule and its alternatives, each read on the training split only.
 BOOK_RULE = "best accuracy within tolerance"
-RULES = (BOOK_RULE, "fitted curves", "m = 1 (reference code)")
+FITTED_RULE = "fitted curves"
+FIXED_RULE = "m = 1 (reference code)"
+RULES = (BOOK_RULE, FITTED_RULE, FIXED_RULE)
 
 
 def rule_multipliers(summary: pd.DataFrame, fits: Mapping[tuple[str, str, str, str], Any],
@@ -98,8 +100,8 @@ def rule_multipliers(summary: pd.DataFrame, fits: Mapping[tuple[str, str, str, s
         pref, util = fits[(method, form, "train", "pref")], fits[(method, form, "train", "util")]
         fitted[(method, form)] = (choose_from_fits(pref, util, tolerance=tolerance) if pref.ok and util.ok
                                   else float("nan"))
-    return {BOOK_RULE: choose_multipliers(summary, updates, tolerance=tolerance), RULES[1]: fitted,
-            RULES[2]: dict.fromkeys(updates, 1.0)}
+    return {BOOK_RULE: choose_multipliers(summary, updates, tolerance=tolerance), FITTED_RULE: fitted,
+            FIXED_RULE: dict.fromkeys(updates, 1.0)}
 
 
 def rule_comparison(model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[PolarityPair],
@@ -123,16 +125,24 @@ def rule_comparison(model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[Pola
     return pd.DataFrame(rows)
 
 
+def method_leads(table: pd.DataFrame, method: str = "split") -> tuple[int, int]:
+    """(wins, forms): in how many forms `method` is at least as accurate as every other trained
+    method of the form, over the forms where it and every other method have an accuracy."""
+    trained = table[~table.method.isin(["diffmean", "unsteered"])]
+    forms = [part for _, part in trained.groupby("form", sort=False)
+             if (part.method == method).any() and part.accuracy.notna().all()]
+    wins = sum(float(part[part.method == method].accuracy.iloc[0]) >= float(part[part.method != method].accuracy.max())
+               for part in forms)
+    return wins, len(forms)
+
+
 def rule_verdicts(comparison: pd.DataFrame, method: str = "split") -> pd.DataFrame:
-    """Per rule, in how many forms (`wins` of `forms`) `method` is at least as accurate as every
-    other trained method at that rule's m: whether a conclusion survives a different rule."""
+    """Per rule, `method_leads` at that rule's m (`wins` of `forms`): whether a conclusion
+    survives a different rule."""
     rows = []
-    for rule, group in comparison[comparison.method != "diffmean"].groupby("rule", sort=False):
-        forms = [form for form, part in group.groupby("form", sort=False)
-                 if (part.method == method).any() and part.accuracy.notna().all()]
-        wins = sum(float(group[(group.form == form) & (group.method == method)].accuracy.iloc[0])
-                   >= float(group[(group.form == form) & (group.method != method)].accuracy.max()) for form in forms)
-        rows.append({"rule": rule, "forms": len(forms), "wins": wins})
+    for rule, group in comparison.groupby("rule", sort=False):
+        wins, forms = method_leads(group, method)
+        rows.append({"rule": rule, "forms": forms, "wins": wins})
     return pd.DataFrame(rows)
 
 

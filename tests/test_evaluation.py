@@ -143,3 +143,10 @@ def test_rule_verdicts_count_the_forms_a_method_leads():
     verdicts = evaluation.rule_verdicts(table).set_index("rule")
     assert verdicts.loc["book", "wins"] == 1 and verdicts.loc["book", "forms"] == 2, "DiffMean is not trained"
     assert verdicts.loc["m = 1", "wins"] == 1, "a tie counts as at least as accurate"
+
+
+def test_method_leads_ignores_the_unsteered_row_and_diffmean():
+    table = pd.DataFrame([("-", "unsteered", 0.99), ("lora", "split", 0.9), ("lora", "reps", 0.8),
+                          ("vector", "diffmean", 0.99), ("vector", "split", 0.7), ("vector", "sft", 0.75)],
+                         columns=["form", "method", "accuracy"])
+    assert evaluation.method_leads(table, "split") == (1, 2)
