@@ -98,15 +98,18 @@ def hyperparameter_table(configs: Mapping[tuple[str, str], TrainConfig]) -> Styl
 
 def search_table(record: Mapping) -> Styler:
     """A training search's candidates, one row per (form, learning rate) and one column per
-    schedule, each cell its validation accuracy at its chosen m; the chosen candidates in bold."""
+    schedule (epochs × batch size), each cell its validation accuracy at its chosen m; the chosen
+    candidates in bold."""
+    def schedule(epochs: int, batch: int) -> str:
+        return f"{epochs} × {batch}"
+
     frame = record["table"].assign(
-        schedule=lambda t: [f"{e} epochs × batch {b}" for e, b in zip(t.epochs, t.batch_size, strict=True)],
+        schedule=lambda t: [schedule(e, b) for e, b in zip(t.epochs, t.batch_size, strict=True)],
         cell=lambda t: [f"{a:.0%} (m = {m:g})" for a, m in zip(t.accuracy, t.m, strict=True)])
-    order = [f"{e} epochs × batch {b}" for e, b in record["space"]["schedules"]]
+    order = [schedule(e, b) for e, b in record["space"]["schedules"]]
     grid = frame.pivot(index=["form", "lr"], columns="schedule", values="cell")[order].reset_index()
     grid.columns.name = None
-    chosen = {(form, c["lr"], f"{c['epochs']} epochs × batch {c['batch_size']}")
-              for form, c in record["chosen"].items()}
+    chosen = {(form, c["lr"], schedule(c["epochs"], c["batch_size"])) for form, c in record["chosen"].items()}
 
     def bold(shown: pd.DataFrame) -> pd.DataFrame:
         return shown.apply(lambda row: ["font-weight: bold" if (row.form, row.lr, name) in chosen else ""
@@ -114,7 +117,8 @@ def search_table(record: Mapping) -> Styler:
 
     return (table(grid, {"lr": "{:g}"}).apply(bold, axis=None)
             .set_caption(f"Validation accuracy on {record['validation_pairs']} held-out training pairs "
-                         f"(SPLIT, {record['task']}); bold: the schedule chosen per form."))
+                         f"(SPLIT, {record['task']}) per schedule, epochs × batch size; bold: the "
+                         "schedule chosen per form."))
 
 
 def _short(value: object) -> object:
