@@ -9,7 +9,9 @@ cpu` (run a cuda profile on the CPU; without it a cuda profile on a machine with
 with a message), `--pairs N`, `--multipliers K`, `--answer-tokens T` (synthetic AxBench-style
 pairs whose answers are exactly T tokens, instead of the Psychopathy task), `--naive-pairs N` (time
 the naive loop on the first N pairs only; the speed-up compares time per (pair, m)), `--steps S`,
-`--form`, `--method` (training).
+`--form`, `--method` (training), `--attention IMPL` (the attention implementation instead of the
+profile's: eager, sdpa or flex_attention), `--token-budget N` (the engine's tokens per upper-pass
+forward instead of the one it derives from the device's free memory: what a smaller card would get).
 
 Ideal FLOPs (what the work needs at the least; `achieved_flops_per_s` = ideal FLOPs / wall time,
 and `share_of_peak` divides that by a large matmul in the run's dtype timed on the same device):
@@ -320,6 +322,25 @@ def _take(pool: Sequence[object], n: int, what: str) -> list:
     return list(pool[:n])
 
 
+def bench_profile(profile_name: str, attention: str | None = None, token_budget: int | None = None) -> Profile:
+    """The named profile with its attention implementation and engine token budget replaced where given."""
+    from .attention import PACKABLE
+    from .profiles import get_profile
+
+    profile = get_profile(profile_name)
+    if attention is not None:
+        if attention not in PACKABLE:
+            raise SystemExit(f"splitlib.bench: --attention {attention!r} cannot run packed rows; "
+                             f"choose one of {', '.join(PACKABLE)}")
+        profile = replace(profile, attn_implementation=attention)
+    if token_budget is not None:
+        try:
+            profile = replace(profile, engine=replace(profile.engine, token_budget=token_budget))
+        except ValueError as error:  # EngineSettings names the problem (a budget below one row)
+            raise SystemExit(f"splitlib.bench: --token-budget: {error}") from None
+    return profile
+
+
 def _load(profile: Profile, random_weights: bool, device: str) -> tuple[CausalLM, Tokenizer]:
     from .models import as_causal_lm, load_model
 
@@ -349,18 +370,36 @@ def _engine_options(profile: Any) -> dict[str, object]:
     return {}
 
 
+def _token_budget(profile: Any, model: CausalLM) -> int | None:
+    """The engine's tokens per upper-pass forward for this profile on this device (None before the engine)."""
+    try:
+        from .engine import resolved
+    except ImportError:
+        return None
+    return resolved(profile.engine, model).token_budget
+
+
+def _trainer_options(profile: Any) -> dict[str, Any]:
+    """The profile's engine settings for the Trainer (row padding), where this checkout's Trainer takes them."""
+    from .train import Trainer
+
+    if "settings" in inspect.signature(Trainer).parameters and getattr(profile, "engine", None) is not None:
+        return {"settings": profile.engine}
+    return {}
+
+
 # ----- the benchmarks ---------------------------------------------------------------------------------
 def bench_sweep(profile_name: str = "cpu", random_weights: bool = False, device: str | None = None,
                 n_pairs: int = 16, n_multipliers: int = 9, answer_tokens: int | None = None,
-                naive_pairs: int | None = None) -> dict[str, object]:
+                naive_pairs: int | None = None, attention: str | None = None,
+                token_budget: int | None = None) -> dict[str, object]:
     """The engine (`run_sweep`) against the naive loop (one hooked forward per pair per m)."""
 
     from . import diffmean, residual_norm
-    from .profiles import get_profile
     from .scoring import encode_pair
     from .sweep import naive_sweep, run_sweep
 
-    profile = get_profile(profile_name)
+    profile = bench_profile(profile_name, attention, token_budget)
     device = resolve_device(profile, device)
     model, tokenizer = _load(profile, random_weights, device)
     if answer_tokens:
@@ -379,6 +418,7 @@ def bench_sweep(profile_name: str = "cpu", random_weights: bool = False, device:
     grid = [float(x) for x in np.linspace(-1, 1, n_multipliers) * unit]
     options: dict[str, Any] = dict(cache=False, progress=False, max_answer_tokens=answer_tokens,
                                    **_engine_options(profile))
+    budget = _token_budget(profile, model)
 
     def engine(chosen: Sequence, multipliers: Sequence[float]) -> pd.DataFrame:
         return run_sweep(model, tokenizer, chosen, vector, multipliers, **options)
@@ -407,7 +447,7 @@ def bench_sweep(profile_name: str = "cpu", random_weights: bool = False, device:
     return {
         **_header("sweep", profile, model, device, random_weights),
         "data": data, "pairs": len(pairs), "multipliers": len(grid), "layer": profile.layer,
-        "naive_pairs": naive_pairs,
+        "naive_pairs": naive_pairs, "token_budget": budget,
         "naive_s": round(naive_s, 3), "engine_s": round(engine_s, 3),
         "naive_ms_per_pair_m": round(1e3 * naive_each, 3), "engine_ms_per_pair_m": round(1e3 * engine_each, 3),
         "speedup": round(naive_each / engine_each, 2),
@@ -421,14 +461,13 @@ def bench_sweep(profile_name: str = "cpu", random_weights: bool = False, device:
 
 def bench_train(profile_name: str = "cpu", random_weights: bool = False, device: str | None = None,
                 steps: int = 12, form: str = "lora", method: str = "split", n_pairs: int | None = None,
-                answer_tokens: int | None = None) -> dict[str, object]:
+                answer_tokens: int | None = None, attention: str | None = None) -> dict[str, object]:
     """Training steps with layers 0..L computed once against steps through the whole model."""
 
-    from .profiles import get_profile
     from .scoring import encode_pair
     from .train import Trainer, config_for
 
-    profile = get_profile(profile_name)
+    profile = bench_profile(profile_name, attention)
     device = resolve_device(profile, device)
     model, tokenizer = _load(profile, random_weights, device)
     if answer_tokens:
@@ -447,7 +486,7 @@ def bench_train(profile_name: str = "cpu", random_weights: bool = False, device:
     timed_batches = None
     for reuse in (False, True):
         trainer = Trainer(model, tokenizer, pairs, method, form, profile.layer, config,
-                          rank=profile.lora_rank, reuse_lower_layers=reuse)
+                          rank=profile.lora_rank, reuse_lower_layers=reuse, **_trainer_options(profile))
         trainer.train(progress=False, max_steps=1)  # warm-up
         # The lambda is called within this iteration, so it cannot see a later `trainer`.
         _, elapsed = timed(lambda: trainer.train(progress=False, max_steps=steps), device)  # noqa: B023
@@ -503,16 +542,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=12, help="timed training steps (default 12)")
     parser.add_argument("--form", default="lora", help="training form (default lora)")
     parser.add_argument("--method", default="split", help="training method (default split)")
+    parser.add_argument("--attention", default=None, help="attention implementation instead of the profile's")
+    parser.add_argument("--token-budget", type=int, default=None,
+                        help="engine tokens per upper-pass forward (sweep; default: from the device)")
     args = parser.parse_args(argv)
-    for name in ("pairs", "multipliers", "answer_tokens", "naive_pairs", "steps"):
+    for name in ("pairs", "multipliers", "answer_tokens", "naive_pairs", "steps", "token_budget"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     common = dict(profile_name=args.profile, random_weights=args.random_weights, device=args.device,
-                  answer_tokens=args.answer_tokens)
+                  answer_tokens=args.answer_tokens, attention=args.attention)
     if args.which == "sweep":
         result = bench_sweep(n_pairs=args.pairs or 16, n_multipliers=args.multipliers,
-                             naive_pairs=args.naive_pairs, **common)
+                             naive_pairs=args.naive_pairs, token_budget=args.token_budget, **common)
     else:
         result = bench_train(steps=args.steps, form=args.form, method=args.method, n_pairs=args.pairs, **common)
     print(json.dumps(result))

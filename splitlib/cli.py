@@ -237,12 +237,10 @@ def _task_setup(args: argparse.Namespace) -> tuple[Profile, nn.Module, Tokenizer
 def trained(args: argparse.Namespace, profile: Profile, model: nn.Module, tokenizer: Tokenizer,
             data: TaskData) -> Intervention:
     """The intervention `train_all` trains for this method and form: the same call, so the same cache entry."""
-    from .train import config_for, train_intervention
+    from .train import config_for, train_for_profile
 
     config = None if args.method == "diffmean" else config_for(profile, args.task, args.method, args.form)
-    return train_intervention(model, tokenizer, data.train, args.method, args.form, profile.layer, config,
-                              rank=profile.lora_rank, seed=profile.seed, max_answer_tokens=profile.max_answer_tokens,
-                              settings=profile.engine)
+    return train_for_profile(model, tokenizer, data.train, args.method, args.form, config, profile)
 
 
 def cached_folder(intervention: Intervention) -> Path | None:

@@ -28,6 +28,8 @@ from .scoring import EncodedPair, Tokenizer, encode_pair, token_nll
 
 # Tokens per upper-pass forward (rows x width x multipliers) on a CPU; a GPU sizes it from free memory.
 CPU_TOKEN_BUDGET = 8192
+# Float32 logits per LM-head call (1 GiB): 45k scored tokens x Gemma's 256k vocabulary would be 43 GiB.
+LOGIT_ELEMENTS = 1 << 28
 
 
 # ----- settings ----------------------------------------------------------------------------------------
@@ -350,8 +352,13 @@ def lm_logits(model: nn.Module, hidden: Tensor) -> Tensor:
 
 
 def scored_nll(model: nn.Module, batch: PairBatch, final_hidden: Tensor) -> Tensor:
-    """NLL of every scored token of a batch from its final hidden states (logits only there)."""
-    return token_nll(lm_logits(model, final_hidden[batch.rows, batch.cols]), batch.targets)
+    """NLL of every scored token of a batch from its final hidden states (logits only there), the
+    LM head run on chunks of tokens: a batch of long answers never holds all its float32 logits."""
+    hidden, targets = final_hidden[batch.rows, batch.cols], batch.targets
+    step = max(1, LOGIT_ELEMENTS // as_causal_lm(model).config.vocab_size)
+    if len(targets) <= step:
+        return token_nll(lm_logits(model, hidden), targets)
+    return torch.cat([token_nll(lm_logits(model, h), t) for h, t in zip(hidden.split(step), targets.split(step))])
 
 
 @dataclass

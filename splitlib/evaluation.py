@@ -204,13 +204,11 @@ def ablation(model: nn.Module, tokenizer: Tokenizer, train: Sequence[PolarityPai
              form: str = "lora") -> pd.DataFrame:
     """Train each variant (cached) and report its test accuracy, PrefOdds and UtilOdds at `m`,
     with intervals: what each knob of the objective is for."""
-    from .train import train_intervention
+    from .train import train_for_profile
 
     rows = []
     for name, config in variants.items():
-        update: Intervention = train_intervention(
-            model, tokenizer, train, method, form, profile.layer, config, rank=profile.lora_rank,
-            seed=profile.seed, max_answer_tokens=profile.max_answer_tokens)
+        update: Intervention = train_for_profile(model, tokenizer, train, method, form, config, profile)
         at = sweep_at(model, tokenizer, test, update, m, profile).iloc[-1]
         rows.append({"variant": name, **at[list(TABLE_COLUMNS + INTERVALS)]})
     return pd.DataFrame(rows)

@@ -221,6 +221,15 @@ class Intervention(nn.Module):
                 f"but the down-projection takes {d_in} inputs"
             )
 
+    def placed_for(self, model: nn.Module) -> Intervention:
+        """Self where its parameters sit on the device of `model`'s layer `self.layer`; else a copy
+        there (an update loaded or computed on the CPU applied to a model on a GPU). Training
+        applies updates on the model's device already, so its gradients reach the original."""
+        device = next(decoder_layers(model)[self.layer].parameters()).device
+        if all(p.device == device for p in self.parameters()):
+            return self
+        return copy.deepcopy(self).to(device)
+
     def check_finite(self) -> None:
         """A ValueError if ΔW, Δb or a LoRA factor holds NaN or infinite values (say, after a
         diverged training run or an edit in place): they would turn every loss into NaN."""
@@ -241,7 +250,7 @@ class Intervention(nn.Module):
         multipliers comes from the engine or training, whose entry points checked both once
         (a check on every forward would wait for the device each time)."""
         self.check_fits(model)
-        handle = Applied(self, multiplier, dropout)
+        handle = Applied(self.placed_for(model), multiplier, dropout)
         if not isinstance(multiplier, Tensor):
             self.check_finite()
         # prepend: run before any other hook on the module (transformers records

@@ -26,7 +26,7 @@ from .interventions import check_form
 from .profiles import SEARCH_RECORD, Profile, TrainConfig, check_profile
 from .scoring import Tokenizer, choose_multiplier, summarise
 from .sweep import run_sweep
-from .train import config_for, evaluation_multipliers, train_intervention
+from .train import config_for, evaluation_multipliers, train_for_profile
 
 CANDIDATE_COLUMNS = ("form", "lr", "epochs", "batch_size", "m", "accuracy", "pref_odds", "util_odds",
                      "unsteered_util_odds", "seconds")
@@ -100,10 +100,7 @@ def search_training(model: nn.Module, tokenizer: Tokenizer, train: Sequence[Pola
     for form in space.learning_rates:
         for config in candidates(config_for(profile, task, method, form), form, space):
             started = time.perf_counter()
-            update = train_intervention(model, tokenizer, fit_pairs, method, form, profile.layer, config,
-                                        rank=profile.lora_rank, seed=profile.seed,
-                                        max_answer_tokens=profile.max_answer_tokens, settings=profile.engine,
-                                        progress=progress)
+            update = train_for_profile(model, tokenizer, fit_pairs, method, form, config, profile, progress)
             grid = [0.0, *evaluation_multipliers(profile, method, form, update, 1.0)]
             sweep = run_sweep(model, tokenizer, validation, update, sorted(set(grid)), split="validation",
                               loss="sum", max_answer_tokens=profile.max_answer_tokens, settings=profile.engine,

@@ -367,6 +367,15 @@ def train_intervention(
     return Intervention.load(folder).to(next(model.parameters()).device)
 
 
+def train_for_profile(model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[PolarityPair], method: str,
+                      form: str, config: TrainConfig | None, profile: Profile, progress: bool = True) -> Intervention:
+    """`train_intervention` with the profile's layer, LoRA rank, seed, answer length and engine
+    settings: every caller that trains for a profile goes through here, so equal runs share one artifact."""
+    return train_intervention(model, tokenizer, pairs, method, form, profile.layer, config, rank=profile.lora_rank,
+                              seed=profile.seed, max_answer_tokens=profile.max_answer_tokens, settings=profile.engine,
+                              progress=progress)
+
+
 def train_all(model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[PolarityPair], profile: Profile, task: str,
               progress: bool = True) -> dict[tuple[str, str], Intervention]:
     """Every method in every form it applies to, with the profile's hyperparameters (cached).
@@ -374,10 +383,7 @@ def train_all(model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[PolarityPa
     configs = {(method, form): None if method == "diffmean" else config_for(profile, task, method, form)
                for method in METHODS for form in METHOD_FORMS[method]}
     return {
-        (method, form): train_intervention(
-            model, tokenizer, pairs, method, form, profile.layer, config,
-            rank=profile.lora_rank, seed=profile.seed, max_answer_tokens=profile.max_answer_tokens,
-            settings=profile.engine, progress=progress)
+        (method, form): train_for_profile(model, tokenizer, pairs, method, form, config, profile, progress)
         for (method, form), config in configs.items()
     }
 

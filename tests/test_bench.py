@@ -129,9 +129,11 @@ def tiny_bench(monkeypatch, tokenizer):
 
 
 def test_bench_sweep_runs_end_to_end(tiny_bench, capsys):
-    bench.main(["sweep", "--pairs", "3", "--multipliers", "2", "--answer-tokens", "4", "--naive-pairs", "2"])
+    bench.main(["sweep", "--pairs", "3", "--multipliers", "2", "--answer-tokens", "4", "--naive-pairs", "2",
+                "--attention", "sdpa", "--token-budget", "4096"])
     result = json.loads(capsys.readouterr().out)
     assert (result["pairs"], result["multipliers"], result["naive_pairs"]) == (3, 2, 2)
+    assert result["token_budget"] == 4096
     assert result["max_abs_diff"] < 1e-3
     assert result["device"].startswith("cpu") and result["dtype"] == "float32"
     assert result["tokens"] < result["tokens_unshared"] and result["scored_tokens"] > 0
@@ -155,3 +157,11 @@ def test_bad_arguments_are_refused(capsys):
     with pytest.raises(SystemExit):
         bench.main(["sweep", "--pairs", "0"])
     assert "--pairs must be at least 1" in capsys.readouterr().err
+
+
+def test_an_unknown_attention_or_a_budget_below_one_row_is_named():
+    with pytest.raises(SystemExit, match="--attention 'flash_attention_2' cannot run packed rows"):
+        bench.bench_profile("cpu", attention="flash_attention_2")
+    with pytest.raises(SystemExit, match=r"--token-budget: .*token_budget \(100\) is smaller than one packed row"):
+        bench.bench_profile("cpu", token_budget=100)
+    assert bench.bench_profile("cpu", "eager", 4096).attn_implementation == "eager"

@@ -227,3 +227,16 @@ def test_model_without_decoder_layers():
 def test_only_lora_exports_to_peft(model, tmp_path):
     with pytest.raises(ValueError, match="only the lora form exports"):
         Intervention.random(model, "vector", LAYER).save_peft(model, tmp_path)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_an_update_on_another_device_is_applied_where_the_model_is(model, form):
+    """A DiffMean vector or a loaded update lives on the CPU; the model may be on a GPU. The meta
+    device stands in for the GPU here: a CPU tensor added to a meta one fails as a CUDA one would."""
+    update = Intervention.random(model, form, 1, seed=0)
+    elsewhere = copy.deepcopy(model).to("meta")
+    with update.apply(elsewhere, 2.0):
+        logits = elsewhere(torch.zeros(1, 5, dtype=torch.long, device="meta")).logits
+    assert logits.device.type == "meta"
+    assert all(p.device.type == "cpu" for p in update.parameters())  # the caller's update stays put
+    assert update.placed_for(model) is update  # same device: no copy, so training's gradients reach it

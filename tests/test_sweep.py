@@ -10,6 +10,7 @@ import torch
 from conftest import QUESTIONS, counting_batches, tiny_model
 
 from splitlib import FORMS, Intervention
+from splitlib import engine as engine_module
 from splitlib import sweep as sweep_module
 from splitlib.data import PolarityPair
 from splitlib.engine import EngineSettings
@@ -53,6 +54,19 @@ def test_batched_multipliers_equal_one_multiplier_per_forward(big_model, tokeniz
     together = run_sweep(big_model, tokenizer, pairs, intervention, GRID, cache=False, progress=False,
                          settings=EngineSettings(token_budget=10**6, row_tokens=128, pairs_per_row=2))
     _close(together, one_by_one, atol=1e-5)
+
+
+def test_the_lm_head_in_chunks_equals_one_call(big_model, tokenizer, pairs, monkeypatch):
+    intervention = Intervention.random(big_model, "vector", LAYER, seed=3, gain=4.0)
+    whole = run_sweep(big_model, tokenizer, pairs, intervention, GRID, cache=False, progress=False)
+    calls = []
+    lm_logits = engine_module.lm_logits
+    monkeypatch.setattr(engine_module, "lm_logits", lambda model, hidden: calls.append(len(hidden)) or
+                        lm_logits(model, hidden))
+    monkeypatch.setattr(engine_module, "LOGIT_ELEMENTS", 5 * 49152)  # five scored tokens per call
+    chunked = run_sweep(big_model, tokenizer, pairs, intervention, GRID, cache=False, progress=False)
+    assert max(calls) == 5 and len(calls) > 2 * len(GRID)
+    _close(chunked, whole, atol=1e-6)
 
 
 def test_padding_rows_to_a_multiple_changes_nothing(tokenizer, pairs):
