@@ -201,7 +201,7 @@ def generate_batch(model: nn.Module, tokenizer: Tokenizer, questions: list[str],
         options["temperature"] = settings["temperature"]
     cuda = [device] if device.type == "cuda" else []
     steering = intervention.apply(model, m) if intervention is not None else nullcontext()
-    with torch.random.fork_rng(devices=cuda), steering, torch.no_grad():  # seeded without touching the caller's RNG
+    with torch.random.fork_rng(devices=cuda), torch.no_grad(), steering:  # seeded without touching the caller's RNG
         torch.manual_seed(batch_seed(int(settings["seed"] or 0), questions))
         out = as_causal_lm(model).generate(**batch, **options)
     texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)

@@ -118,13 +118,14 @@ class Intervention(nn.Module):
         d_in, d_out = _down_proj_shape(model, layer)
         check_form(form)
         check_positive_int("rank", rank)
+        device = _layer_device(model, layer)
         if form == "vector":
-            return cls("vector", layer, delta_b=torch.zeros(d_out))
+            return cls("vector", layer, delta_b=torch.zeros(d_out)).to(device)
         if form == "local_weight":
-            return cls("local_weight", layer, delta_w=torch.zeros(d_out, d_in), delta_b=torch.zeros(d_out))
+            return cls("local_weight", layer, delta_w=torch.zeros(d_out, d_in), delta_b=torch.zeros(d_out)).to(device)
         lora_a = torch.empty(rank, d_in)
         nn.init.kaiming_uniform_(lora_a, a=math.sqrt(5), generator=torch.Generator().manual_seed(seed))
-        return cls("lora", layer, lora_a=lora_a, lora_b=torch.zeros(d_out, rank))
+        return cls("lora", layer, lora_a=lora_a, lora_b=torch.zeros(d_out, rank)).to(device)
 
     @classmethod
     def random(
@@ -151,21 +152,22 @@ class Intervention(nn.Module):
         def normal(*shape: int) -> Tensor:
             return torch.randn(*shape, generator=gen)
 
+        device = _layer_device(model, layer)  # drawn on the CPU: the same values on every device
         if form == "vector":
-            return cls("vector", layer, delta_b=gain * normal(d_out) / math.sqrt(d_out))
+            return cls("vector", layer, delta_b=gain * normal(d_out) / math.sqrt(d_out)).to(device)
         if form == "local_weight":
             return cls(
                 "local_weight",
                 layer,
                 delta_w=gain * normal(d_out, d_in) / math.sqrt(d_in * d_out),
                 delta_b=gain * normal(d_out) / math.sqrt(d_out) * float(bias),
-            )
+            ).to(device)
         return cls(
             "lora",
             layer,
             lora_a=normal(rank, d_in) / math.sqrt(d_in),
             lora_b=gain * normal(d_out, rank) / math.sqrt(rank * d_out),
-        )
+        ).to(device)
 
     # ----- the update ---------------------------------------------------------------------------
     @property
@@ -223,11 +225,16 @@ class Intervention(nn.Module):
 
     def placed_for(self, model: nn.Module) -> Intervention:
         """Self where its parameters sit on the device of `model`'s layer `self.layer`; else a copy
-        there (an update loaded or computed on the CPU applied to a model on a GPU). Training
-        applies updates on the model's device already, so its gradients reach the original."""
-        device = next(decoder_layers(model)[self.layer].parameters()).device
+        there (an update loaded or computed on the CPU applied to a model on a GPU). An update that
+        would take gradients is refused instead: they would reach the copy, not the update."""
+        device = _layer_device(model, self.layer)
         if all(p.device == device for p in self.parameters()):
             return self
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            # a copy would take the gradients, silently: training must move the update itself
+            raise ValueError(f"{self!r} takes gradients here but sits on {next(self.parameters()).device}, not on "
+                             f"{device} with layer {self.layer}: move it there with .to({str(device)!r}) first, or "
+                             "apply it under torch.no_grad()")
         return copy.deepcopy(self).to(device)
 
     def check_finite(self) -> None:
@@ -364,6 +371,11 @@ class Intervention(nn.Module):
     def __repr__(self) -> str:
         shape = {"vector": f"d={self.d_out}", "lora": f"r={self.rank}", "local_weight": f"{self.d_out}x{self.d_in}"}
         return f"Intervention(form={self.form!r}, layer={self.layer}, {shape[self.form]})"
+
+
+def _layer_device(model: nn.Module, layer: int) -> torch.device:
+    """Where decoder layer `layer` of `model` computes (with a device map, not always the first device)."""
+    return next(decoder_layers(model)[layer].parameters()).device
 
 
 @dataclass

@@ -235,8 +235,24 @@ def test_an_update_on_another_device_is_applied_where_the_model_is(model, form):
     device stands in for the GPU here: a CPU tensor added to a meta one fails as a CUDA one would."""
     update = Intervention.random(model, form, 1, seed=0)
     elsewhere = copy.deepcopy(model).to("meta")
-    with update.apply(elsewhere, 2.0):
+    with torch.no_grad(), update.apply(elsewhere, 2.0):
         logits = elsewhere(torch.zeros(1, 5, dtype=torch.long, device="meta")).logits
     assert logits.device.type == "meta"
     assert all(p.device.type == "cpu" for p in update.parameters())  # the caller's update stays put
     assert update.placed_for(model) is update  # same device: no copy, so training's gradients reach it
+
+
+def test_a_trainable_update_on_another_device_is_refused_not_copied(model):
+    update = Intervention.random(model, "vector", 1, seed=0).requires_grad_(True)
+    elsewhere = copy.deepcopy(model).to("meta")
+    with pytest.raises(ValueError, match="takes gradients here but sits on cpu, not on meta with layer 1"):
+        with update.apply(elsewhere, 2.0):
+            pass
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_new_updates_are_made_where_their_layer_computes(model, form):
+    elsewhere = copy.deepcopy(model).to("meta")
+    for update in (Intervention.random(elsewhere, form, 1, seed=0), Intervention.initial(elsewhere, form, 1)):
+        assert all(p.device.type == "meta" for p in update.parameters())
+        assert update.placed_for(elsewhere) is update
