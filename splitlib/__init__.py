@@ -51,6 +51,7 @@ from .train import (
     evaluation_sweeps,
     residual_norm,
     train_all,
+    train_for_profile,
     train_intervention,
 )
 
@@ -67,6 +68,7 @@ __all__ = [
     "EngineSettings",
     "evaluation_sweeps",
     "train_all",
+    "train_for_profile",
     "train_intervention",
     "PolarityPair",
     "TaskData",
