@@ -148,8 +148,10 @@ def search_record(table: pd.DataFrame, profile: Profile, task: str, space: Searc
     }
 
 
-def read_record(path: str | Path = SEARCH_RECORD) -> dict:
-    """A search record written by `python -m splitlib.search` (its candidates as a table under "table")."""
+def read_record(path: str | Path | None = None) -> dict:
+    """A search record written by `python -m splitlib.search` (its candidates as a table under
+    "table"); by default the cpu profile's, shipped in the package (`profiles.SEARCH_RECORD`)."""
+    path = SEARCH_RECORD if path is None else path
     record = json.loads(Path(path).read_text())
     missing = [key for key in ("candidates", "chosen", "validation_pairs") if key not in record]
     if missing:
