@@ -357,12 +357,11 @@ def _header(benchmark: str, profile: Profile, model: CausalLM, device: str, rand
             "attention": getattr(model.config, "_attn_implementation", None), "threads": torch.get_num_threads()}
 
 
-def _engine_options(profile: Any) -> dict[str, object]:
-    """run_sweep's batching option for the profile (`batch_size` or engine `settings`). (`profile`:
-    Any, as the benchmark also runs against checkouts whose Profile and run_sweep differ.)"""
-    from .sweep import run_sweep
-
-    parameters = inspect.signature(run_sweep).parameters
+def _engine_options(function: Callable[..., object], profile: Any) -> dict[str, Any]:
+    """The profile's batching option for `function` (run_sweep, Trainer): engine `settings`, or an
+    older checkout's `batch_size`. (`profile`: Any, as the benchmark also runs against checkouts
+    whose Profile, run_sweep and Trainer differ.)"""
+    parameters = inspect.signature(function).parameters
     if "settings" in parameters and getattr(profile, "engine", None) is not None:
         return {"settings": profile.engine}
     if "batch_size" in parameters and hasattr(profile, "batch_size"):
@@ -377,15 +376,6 @@ def _token_budget(profile: Any, model: CausalLM) -> int | None:
     except ImportError:
         return None
     return resolved(profile.engine, model).token_budget
-
-
-def _trainer_options(profile: Any) -> dict[str, Any]:
-    """The profile's engine settings for the Trainer (row padding), where this checkout's Trainer takes them."""
-    from .train import Trainer
-
-    if "settings" in inspect.signature(Trainer).parameters and getattr(profile, "engine", None) is not None:
-        return {"settings": profile.engine}
-    return {}
 
 
 # ----- the benchmarks ---------------------------------------------------------------------------------
@@ -417,7 +407,7 @@ def bench_sweep(profile_name: str = "cpu", random_weights: bool = False, device:
     unit /= float(vector.delta_b.detach().norm())
     grid = [float(x) for x in np.linspace(-1, 1, n_multipliers) * unit]
     options: dict[str, Any] = dict(cache=False, progress=False, max_answer_tokens=answer_tokens,
-                                   **_engine_options(profile))
+                                   **_engine_options(run_sweep, profile))
     budget = _token_budget(profile, model)
 
     def engine(chosen: Sequence, multipliers: Sequence[float]) -> pd.DataFrame:
@@ -486,7 +476,7 @@ def bench_train(profile_name: str = "cpu", random_weights: bool = False, device:
     timed_batches = None
     for reuse in (False, True):
         trainer = Trainer(model, tokenizer, pairs, method, form, profile.layer, config,
-                          rank=profile.lora_rank, reuse_lower_layers=reuse, **_trainer_options(profile))
+                          rank=profile.lora_rank, reuse_lower_layers=reuse, **_engine_options(Trainer, profile))
         trainer.train(progress=False, max_steps=1)  # warm-up
         # The lambda is called within this iteration, so it cannot see a later `trainer`.
         _, elapsed = timed(lambda: trainer.train(progress=False, max_steps=steps), device)  # noqa: B023
