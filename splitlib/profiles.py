@@ -303,13 +303,14 @@ PROFILES: dict[str, Profile] = {
         relative_grid=_symmetric((0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)),
         lora_rank=4,
         axbench_concepts=(0, 1),
-        max_answer_tokens=48,
+        max_answer_tokens=32,  # AxBench's answers, scored on their first 32 tokens: CI's time budget
         generation_tokens=48,
         evaluation_questions=8,  # CI's budget: the paper profiles generate for every test question
         # PowerSeeking's prompts are ~3x Psychopathy's: training and sweeping it would double CI's time
         evaluation_tasks=("psychopathy", "axbench"),
         cell_timeout=1800,  # cold, chapter 5 trains and sweeps AxBench's ten updates in one cell
-        engine=EngineSettings(pairs_per_row=32),
+        # short rows: on a CPU the dense attention over a packed row costs more than the rows it saves
+        engine=EngineSettings(pairs_per_row=32, row_tokens=512),
         split_configs=_CPU_SPLIT,
         description="The embedded SmolLM2-135M-Instruct on a CPU, at sizes that fit CI.",
     ),
