@@ -186,10 +186,10 @@ def verdict_sentence(verdicts: pd.DataFrame, method: str = "SPLIT") -> str:
 
 
 def knob_variants(base: TrainConfig) -> dict[str, TrainConfig]:
-    """SPLIT's configuration as given and with each of its knobs switched off alone: the losing
-    answer's term (λ_n = 0), the hinge (γ = 0) and the hinge's margin (θ = 0)."""
+    """SPLIT's configuration as given and with each of its two terms beyond SFT switched off alone:
+    the losing answer's term (λ_n = 0) and the hinge (γ = 0)."""
     variants = {"as configured": base}
-    for name, knob in (("λ_n", "lambda_n"), ("γ", "gamma"), ("θ", "theta")):
+    for name, knob in (("λ_n", "lambda_n"), ("γ", "gamma")):
         changes: dict[str, Any] = {knob: 0.0}
         variants[f"{name} = 0"] = dataclasses.replace(base, **changes)
     return variants

@@ -303,8 +303,8 @@ PROFILES: dict[str, Profile] = {
         relative_grid=_symmetric((0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)),
         lora_rank=4,
         axbench_concepts=(0, 1),
-        max_answer_tokens=32,  # AxBench's answers, scored on their first 32 tokens: CI's time budget
-        generation_tokens=48,
+        max_answer_tokens=16,  # AxBench's answers, scored on their first 16 tokens: CI's time budget
+        generation_tokens=32,
         evaluation_questions=8,  # CI's budget: the paper profiles generate for every test question
         # PowerSeeking's prompts are ~3x Psychopathy's: training and sweeping it would double CI's time
         evaluation_tasks=("psychopathy", "axbench"),

@@ -46,9 +46,8 @@ def test_each_knob_is_moved_alone():
     variants = evaluation.knob_variants(base)
     assert variants["as configured"] == base
     assert variants["γ = 0"].gamma == 0 and variants["γ = 0"].theta == base.theta
-    assert variants["θ = 0"].theta == 0 and variants["θ = 0"].gamma == base.gamma
-    assert variants["λ_n = 0"].lambda_n == 0 and variants["λ_n = 0"].lambda_n != base.lambda_n
-    assert len(variants) == 4
+    assert variants["λ_n = 0"].lambda_n == 0 and variants["λ_n = 0"].gamma == base.gamma
+    assert len(variants) == 3
 
 
 def _reach_summary() -> pd.DataFrame:
