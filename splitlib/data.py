@@ -35,6 +35,7 @@ MIRROR_ENV = "SPLITLIB_DATA_MIRROR"  # a base URL laid out like $SPLITLIB_DATA (
 _PACKAGE = Path(__file__).resolve().parent
 BUNDLED_DIR = _PACKAGE / "bundled" if (_PACKAGE / "bundled").is_dir() else _PACKAGE.parent / "data"
 TASKS = ("psychopathy", "powerseeking", "axbench")
+TASK_COLUMNS = {"psychopathy": "PSY", "powerseeking": "PWR", "axbench": "AXB"}  # the paper's column heads
 Source = Literal["auto", "real", "bundled"]
 SOURCES = ("auto", "real", "bundled")
 

@@ -5,12 +5,18 @@ so a chapter compares every update with one call instead of a loop over them.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
+from torch import nn
 
 from . import fit, geometry
+from .data import TASK_COLUMNS, load_task
 from .evaluation import UpdateKey, update_rows
+from .profiles import Profile
+from .scoring import Tokenizer
+from .train import evaluation_grid, evaluation_sweeps, residual_norm, train_all
 
 
 def _updates(measured: Mapping[UpdateKey, pd.DataFrame]) -> Iterator[tuple[UpdateKey, pd.DataFrame]]:
@@ -63,3 +69,42 @@ def correlation_grid(correlations: pd.DataFrame, labels: Mapping[int, str], valu
     grid = view.pivot_table(index="row", columns="column", values=value, sort=False)
     grid.index.name = grid.columns.name = None
     return grid
+
+
+def task_correlations(model: nn.Module, tokenizer: Tokenizer, profile: Profile, task: str,
+                      hidden_states: Sequence[int], capture_options: Mapping[str, Any],
+                      reference_options: Mapping[str, Any], n_boot: int = 1000) -> pd.DataFrame:
+    """`utility_correlations` for one task, by the steps chapter 3 takes for its own: the unsteered
+    cloud of the training split, its references, every update (trained and cached) measured on the
+    test split over its evaluation grid, and the sweeps of both splits (cached, shared with
+    chapters 4 and 5). Rows carry a `task` column."""
+    data = load_task(task, profile, model, tokenizer)
+    cloud = geometry.capture_activations(model, tokenizer, data.train, None, (0.0,), tuple(hidden_states),
+                                         cache=True, **capture_options)
+    references = geometry.fit_references(cloud, **reference_options)
+    trained = train_all(model, tokenizer, data.train, profile, task)
+    unit = residual_norm(model, tokenizer, data.train, profile.layer)
+    measured = {key: geometry.steering_measures(model, tokenizer, data.test, update,
+                                                evaluation_grid(profile, *key, update, unit), references,
+                                                **capture_options)
+                for key, update in trained.items()}
+    sweeps = evaluation_sweeps(model, tokenizer, {"train": data.train, "test": data.test}, trained, profile, unit)
+    return utility_correlations(measured, sweeps, n_boot=n_boot, seed=profile.seed).assign(task=task)
+
+
+def correlations_by_task(by_task: Mapping[str, pd.DataFrame], hidden_state: int, measure: str) -> pd.DataFrame:
+    """Several tasks' `utility_correlations` at one hidden state and distance, in long form with
+    the task's column head of the paper (PSY, PWR, AXB): for `book.interval_table`."""
+    if not by_task:
+        raise ValueError("correlations_by_task needs at least one task's utility_correlations")
+    unknown = sorted(set(by_task) - set(TASK_COLUMNS))
+    if unknown:
+        raise ValueError(f"correlations_by_task: unknown task {unknown[0]!r}; tasks are {sorted(TASK_COLUMNS)}")
+    if measure not in geometry.DISTANCES:
+        raise ValueError(f"measure {measure!r} is not a distance; choose one of {', '.join(geometry.DISTANCES)}")
+    rows = [table[(table.hidden_state == hidden_state) & (table.measure == measure)].assign(task=TASK_COLUMNS[task])
+            for task, table in by_task.items()]
+    empty = [task for task, table in zip(by_task, rows) if table.empty]
+    if empty:
+        raise ValueError(f"no correlations at hidden state {hidden_state} for {', '.join(empty)}")
+    return pd.concat(rows, ignore_index=True)

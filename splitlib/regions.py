@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import fit as fitting
+from .data import TASK_COLUMNS
 from .fit import Fit
 
 if TYPE_CHECKING:
@@ -97,7 +98,6 @@ def r2_table(means: pd.DataFrame, fits: Mapping[FitKey, Fit]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-TASK_COLUMNS = {"psychopathy": "PSY", "powerseeking": "PWR", "axbench": "AXB"}  # the paper's column heads
 PAPER_R2_TABLES = {"Table 2: fit on the training split": "train", "Table 6: fit on the test split": "test",
                    "Table 7: training fit read on the test split": "train→test"}
 

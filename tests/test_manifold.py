@@ -60,3 +60,22 @@ def test_the_correlation_grid_has_a_row_per_update_and_a_column_per_distance_and
     assert len(grid.columns) == len(geometry.DISTANCES) and all(c.endswith("· layer 3 output") for c in grid.columns)
     with pytest.raises(ValueError, match="no label for hidden states"):
         manifold.correlation_grid(rho, {})
+
+
+def test_correlations_by_task_keep_one_distance_at_one_depth_under_the_papers_task_heads():
+    rho = manifold.utility_correlations(MEASURED, _sweeps(), n_boot=20)
+    both = manifold.correlations_by_task({"psychopathy": rho, "axbench": rho.assign(rho_util=0.5)}, 4, "mahalanobis")
+    assert len(both) == 2 * len(MEASURED) and set(both.measure) == {"mahalanobis"}
+    assert both.groupby("task").rho_util.first().to_dict() == {"AXB": 0.5, "PSY": -1.0}
+
+
+def test_correlations_by_task_name_a_bad_task_measure_or_depth():
+    rho = manifold.utility_correlations(MEASURED, _sweeps(), n_boot=20)
+    with pytest.raises(ValueError, match="unknown task 'sycophancy'"):
+        manifold.correlations_by_task({"sycophancy": rho}, 4, "mahalanobis")
+    with pytest.raises(ValueError, match="'proj_probe' is not a distance"):
+        manifold.correlations_by_task({"psychopathy": rho}, 4, "proj_probe")
+    with pytest.raises(ValueError, match="no correlations at hidden state 9 for axbench"):
+        manifold.correlations_by_task({"axbench": rho}, 9, "mahalanobis")
+    with pytest.raises(ValueError, match="at least one task"):
+        manifold.correlations_by_task({}, 4, "mahalanobis")
