@@ -148,6 +148,34 @@ def frontier(summary: pd.DataFrame, chosen: dict[tuple[str, str], float] | None 
     return fig
 
 
+def task_curves(means: pd.DataFrame, title: str, split: str = "train") -> Figure:
+    """A task's mean curves in the manner of the paper's Figures 2, 4 and 5: one panel per form,
+    PrefOdds solid and UtilOdds dashed against m, one colour per trained method. DiffMean is left
+    out: its multipliers are on another scale (chapter 4 draws it on its own)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    shown = means[(means.split == split) & (means.method != "diffmean")]
+    if shown.empty:
+        raise ValueError(f"no trained method's mean curve on the {split} split to draw")
+    forms = list(dict.fromkeys(shown.form))
+    fig, axes = _grid(1, len(forms), 2.9, 2.9, sharey=True)
+    for ax, form in zip(axes.flat, forms):
+        for method, group in shown[shown.form == form].groupby("method", sort=False):
+            group = group.sort_values("m")
+            colour = METHOD_COLOURS.get(method)
+            ax.plot(group.m, group.pref_odds, color=colour, marker=".", label=method)
+            ax.plot(group.m, group.util_odds, color=colour, linestyle="--")
+        ax.axhline(0, color="#999999", linewidth=0.8, zorder=0)
+        ax.set(title=FORM_LABELS.get(form, form), xlabel="multiplier m")
+    axes.flat[0].set_ylabel(f"mean log-odds ({split})")
+    kinds = [(Line2D([], [], color="black"), "PrefOdds"), (Line2D([], [], color="black", linestyle="--"), "UtilOdds")]
+    _legend_below(fig, list(axes.flat), kinds, columns=5)
+    fig.suptitle(title)
+    plt.close(fig)
+    return fig
+
+
 RULE_MARKERS = ("o", "D", "x")
 
 

@@ -108,18 +108,22 @@ def mean_curves(sweeps: pd.DataFrame) -> pd.DataFrame:
     return sweeps.groupby(keys, sort=False)[list(CURVES.values())].mean().reset_index()
 
 
-def task_r2(model: nn.Module, tokenizer, profile: Profile, task: str) -> pd.DataFrame:
-    """`r2_table` for one task: its updates trained and swept on both splits (cached, the sweeps
-    chapter 5 reads too), every mean curve fitted."""
+def task_means(model: nn.Module, tokenizer, profile: Profile, task: str) -> pd.DataFrame:
+    """`mean_curves` for one task: its updates trained and swept on both splits (cached, the
+    sweeps chapters 3 and 5 read too)."""
     from .data import load_task
     from .train import evaluation_sweeps, residual_norm, train_all
 
     data = load_task(task, profile, model, tokenizer)
     trained = train_all(model, tokenizer, data.train, profile, task)
     unit = residual_norm(model, tokenizer, data.train, profile.layer)  # as chapters 3-5 scale DiffMean
-    sweeps = evaluation_sweeps(model, tokenizer, {"train": data.train, "test": data.test}, trained, profile, unit)
-    means = mean_curves(sweeps)
-    return r2_table(means, fit_curves(means, seed=profile.seed))
+    return mean_curves(evaluation_sweeps(model, tokenizer, {"train": data.train, "test": data.test}, trained,
+                                         profile, unit))
+
+
+def task_r2(means: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """`r2_table` for one task's `task_means`, every mean curve fitted."""
+    return r2_table(means, fit_curves(means, seed=seed))
 
 
 def paper_r2_tables(by_task: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:

@@ -204,3 +204,18 @@ def test_paper_r2_tables_refuse_no_task_and_unknown_tasks():
         regions.paper_r2_tables({})
     with pytest.raises(ValueError, match="unknown task 'sentiment'"):
         regions.paper_r2_tables({"sentiment": _r2_rows(0.0)})
+
+
+def test_task_r2_is_the_r2_table_of_the_fitted_means(means, fits):
+    assert regions.task_r2(means, seed=0).equals(regions.r2_table(means, fits))
+
+
+def test_a_tasks_curves_draw_one_panel_per_form_and_leave_diffmean_out(means):
+    figure = plots.task_curves(means, "a task")
+    panels = [ax for ax in figure.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == [plots.FORM_LABELS[f] for f in dict.fromkeys(
+        means[means.method != "diffmean"].form)]
+    assert all(len(ax.get_lines()) == 2 * means[(means.method != "diffmean") & (means.form == f)].method.nunique() + 1
+               for ax, f in zip(panels, dict.fromkeys(means[means.method != "diffmean"].form)))
+    with pytest.raises(ValueError, match="no trained method's mean curve on the test split"):
+        plots.task_curves(means[means.method == "diffmean"], "DiffMean only", split="test")
