@@ -66,7 +66,7 @@ def test_the_lm_head_in_chunks_equals_one_call(big_model, tokenizer, pairs, monk
     monkeypatch.setattr(engine_module, "LOGIT_ELEMENTS", 5 * 49152)  # five scored tokens per call
     chunked = run_sweep(big_model, tokenizer, pairs, intervention, GRID, cache=False, progress=False)
     assert max(calls) == 5 and len(calls) > 2 * len(GRID)
-    _close(chunked, whole, atol=1e-6)
+    _close(chunked, whole, atol=4e-6)  # a few float32 ulps of losses near 10 (ulp 9.5e-7): chunks sum in another order
 
 
 def test_padding_rows_to_a_multiple_changes_nothing(tokenizer, pairs):
