@@ -15,7 +15,7 @@ import sys
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, TypeVar, overload
@@ -38,6 +38,12 @@ TASKS = ("psychopathy", "powerseeking", "axbench")
 TASK_COLUMNS = {"psychopathy": "PSY", "powerseeking": "PWR", "axbench": "AXB"}  # the paper's column heads
 Source = Literal["auto", "real", "bundled"]
 SOURCES = ("auto", "real", "bundled")
+
+
+def task_columns(tasks: Iterable[str]) -> dict[str, str]:
+    """Each task's column head in the paper's tables (PSY, PWR, AXB), or an error naming the
+    first unknown task."""
+    return {task: TASK_COLUMNS[check_choice("task", task, TASKS)] for task in tasks}
 
 
 class DataError(ValueError):

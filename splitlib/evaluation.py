@@ -239,22 +239,46 @@ def update_name(key: UpdateKey) -> str:
     return " · ".join(key)
 
 
+@dataclass(frozen=True)
+class TaskUpdates:
+    """One task's pairs, every update trained on its training split (cached) and the residual-norm
+    unit that scales DiffMean: what chapters 3, 4 and 5 sweep and measure for each task."""
+
+    data: TaskData
+    trained: dict[UpdateKey, Intervention]
+    unit: float
+
+    def sweeps(self, model: nn.Module, tokenizer: Tokenizer, profile: Profile, *, negative: bool = True
+               ) -> pd.DataFrame:
+        """`train.evaluation_sweeps` of every update on both splits (cached, shared by the chapters)."""
+        from .train import evaluation_sweeps
+
+        return evaluation_sweeps(model, tokenizer, {"train": self.data.train, "test": self.data.test}, self.trained,
+                                 profile, self.unit, negative=negative)
+
+
+def task_updates(model: nn.Module, tokenizer: Tokenizer, profile: Profile, task: str) -> TaskUpdates:
+    """`task`'s data loaded and every method and form trained on its training split (cached)."""
+    from .data import load_task
+    from .train import residual_norm, train_all
+
+    data = load_task(task, profile, model, tokenizer)
+    trained = train_all(model, tokenizer, data.train, profile, task)
+    return TaskUpdates(data, trained, residual_norm(model, tokenizer, data.train, profile.layer))
+
+
 def evaluate_task(model: nn.Module, tokenizer: Tokenizer, profile: Profile, task: str, *, tolerance: float = 1.0,
                   generate: bool = True, judge: Judge | None = None, sample: bool = True) -> TaskEvaluation:
     """Chapter 5's whole evaluation for one task: train every method and form (cached), sweep
     m >= 0 on both splits, choose each update's m on the training split, read the test split there;
     then generate at the chosen m on the profile's first `evaluation_questions` test questions and,
     with a judge, score the generations (`judge.judge_generations`)."""
-    from .data import load_task
     from .generations import evaluation_generations
     from .judge import judge_generations
-    from .train import evaluation_sweeps, residual_norm, train_all
 
-    data = load_task(task, profile, model, tokenizer)
-    trained = train_all(model, tokenizer, data.train, profile, task)
-    unit = residual_norm(model, tokenizer, data.train, profile.layer)
-    sweeps = evaluation_sweeps(model, tokenizer, {"train": data.train, "test": data.test}, trained, profile, unit,
-                               negative=False)
+    prepared = task_updates(model, tokenizer, profile, task)
+    data, trained = prepared.data, prepared.trained
+    sweeps = prepared.sweeps(model, tokenizer, profile, negative=False)
     summary = summarise(sweeps, by=("method", "form", "split", "m"), seed=profile.seed)
     chosen = choose_multipliers(summary, trained, tolerance=tolerance)
     result = TaskEvaluation(task, data, summary, chosen, at_chosen(summary, chosen, split="test"))

@@ -12,11 +12,11 @@ import pandas as pd
 from torch import nn
 
 from . import fit, geometry
-from .data import TASK_COLUMNS, load_task
-from .evaluation import UpdateKey, update_rows
+from .data import task_columns
+from .evaluation import UpdateKey, task_updates, update_rows
 from .profiles import Profile
 from .scoring import Tokenizer
-from .train import evaluation_grid, evaluation_sweeps, residual_norm, train_all
+from .train import evaluation_grid
 
 
 def _updates(measured: Mapping[UpdateKey, pd.DataFrame]) -> Iterator[tuple[UpdateKey, pd.DataFrame]]:
@@ -78,17 +78,16 @@ def task_correlations(model: nn.Module, tokenizer: Tokenizer, profile: Profile, 
     cloud of the training split, its references, every update (trained and cached) measured on the
     test split over its evaluation grid, and the sweeps of both splits (cached, shared with
     chapters 4 and 5). Rows carry a `task` column."""
-    data = load_task(task, profile, model, tokenizer)
-    cloud = geometry.capture_activations(model, tokenizer, data.train, None, (0.0,), tuple(hidden_states),
+    updates = task_updates(model, tokenizer, profile, task)
+    cloud = geometry.capture_activations(model, tokenizer, updates.data.train, None, (0.0,), tuple(hidden_states),
                                          cache=True, **capture_options)
     references = geometry.fit_references(cloud, **reference_options)
-    trained = train_all(model, tokenizer, data.train, profile, task)
-    unit = residual_norm(model, tokenizer, data.train, profile.layer)
-    measured = {key: geometry.steering_measures(model, tokenizer, data.test, update,
-                                                evaluation_grid(profile, *key, update, unit), references,
+    # Measured before the sweeps: the capture pass also stores the test split's sweep, which they reuse.
+    measured = {key: geometry.steering_measures(model, tokenizer, updates.data.test, update,
+                                                evaluation_grid(profile, *key, update, updates.unit), references,
                                                 **capture_options)
-                for key, update in trained.items()}
-    sweeps = evaluation_sweeps(model, tokenizer, {"train": data.train, "test": data.test}, trained, profile, unit)
+                for key, update in updates.trained.items()}
+    sweeps = updates.sweeps(model, tokenizer, profile)
     return utility_correlations(measured, sweeps, n_boot=n_boot, seed=profile.seed).assign(task=task)
 
 
@@ -97,12 +96,10 @@ def correlations_by_task(by_task: Mapping[str, pd.DataFrame], hidden_state: int,
     the task's column head of the paper (PSY, PWR, AXB): for `book.interval_table`."""
     if not by_task:
         raise ValueError("correlations_by_task needs at least one task's utility_correlations")
-    unknown = sorted(set(by_task) - set(TASK_COLUMNS))
-    if unknown:
-        raise ValueError(f"correlations_by_task: unknown task {unknown[0]!r}; tasks are {sorted(TASK_COLUMNS)}")
+    heads = task_columns(by_task)
     if measure not in geometry.DISTANCES:
         raise ValueError(f"measure {measure!r} is not a distance; choose one of {', '.join(geometry.DISTANCES)}")
-    rows = [table[(table.hidden_state == hidden_state) & (table.measure == measure)].assign(task=TASK_COLUMNS[task])
+    rows = [table[(table.hidden_state == hidden_state) & (table.measure == measure)].assign(task=heads[task])
             for task, table in by_task.items()]
     empty = [task for task, table in zip(by_task, rows) if table.empty]
     if empty:

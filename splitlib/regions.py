@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import fit as fitting
-from .data import TASK_COLUMNS
+from .data import task_columns
 from .fit import Fit
 
 if TYPE_CHECKING:
@@ -111,14 +111,9 @@ def mean_curves(sweeps: pd.DataFrame) -> pd.DataFrame:
 def task_means(model: nn.Module, tokenizer, profile: Profile, task: str) -> pd.DataFrame:
     """`mean_curves` for one task: its updates trained and swept on both splits (cached, the
     sweeps chapters 3 and 5 read too)."""
-    from .data import load_task
-    from .train import evaluation_sweeps, residual_norm, train_all
+    from .evaluation import task_updates
 
-    data = load_task(task, profile, model, tokenizer)
-    trained = train_all(model, tokenizer, data.train, profile, task)
-    unit = residual_norm(model, tokenizer, data.train, profile.layer)  # as chapters 3-5 scale DiffMean
-    return mean_curves(evaluation_sweeps(model, tokenizer, {"train": data.train, "test": data.test}, trained,
-                                         profile, unit))
+    return mean_curves(task_updates(model, tokenizer, profile, task).sweeps(model, tokenizer, profile))
 
 
 def task_r2(means: pd.DataFrame, seed: int) -> pd.DataFrame:
@@ -134,15 +129,13 @@ def paper_r2_tables(by_task: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFra
 
     if not by_task:
         raise ValueError("paper_r2_tables needs at least one task's r2_table")
-    unknown = sorted(set(by_task) - set(TASK_COLUMNS))
-    if unknown:
-        raise ValueError(f"paper_r2_tables: unknown task {unknown[0]!r}; tasks are {sorted(TASK_COLUMNS)}")
+    heads = task_columns(by_task)
     tables = {}
     for title, source in PAPER_R2_TABLES.items():
         columns: dict[str, pd.Series] = {}
         for kind, label in (("pref", "Pref"), ("util", "Util")):
             for task, table in by_task.items():
-                columns[f"{label} {TASK_COLUMNS[task]}"] = table.set_index(["form", "method"])[f"{kind} {source}"]
+                columns[f"{label} {heads[task]}"] = table.set_index(["form", "method"])[f"{kind} {source}"]
             per_task = pd.DataFrame({name: columns[name] for name in columns if name.startswith(label)})
             columns[f"{label} Avg"] = per_task.mean(axis=1, skipna=False)
         tables[title] = pd.DataFrame(columns).reset_index()
