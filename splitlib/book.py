@@ -5,7 +5,7 @@ chapter shows the calls a reader would write and not the formatting around them.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from .profiles import Profile, TrainConfig
@@ -96,29 +96,43 @@ def hyperparameter_table(configs: Mapping[tuple[str, str], TrainConfig]) -> Styl
     return table(rows[["method", "form", *varying]]).set_caption(f"The same for every row: {shared}.")
 
 
-def search_table(record: Mapping) -> Styler:
-    """A training search's candidates, one row per (form, learning rate) and one column per
-    schedule (epochs × batch size), each cell its validation accuracy at its chosen m; the chosen
-    candidates in bold."""
+def search_table(records: Sequence[Mapping]) -> Styler:
+    """Training searches' candidates (`search.read_records`), one row per (method, form,
+    learning rate) and one column per schedule (epochs × batch size), each cell its validation
+    accuracy at its chosen m; the chosen candidates in bold."""
+    import pandas as pd
+
+    if not records:
+        raise ValueError("search_table needs at least one search record")
+    shared = {(record["task"], record["validation_pairs"]) for record in records}
+    if len(shared) > 1:
+        raise ValueError(f"the search records were made on different validation pairs: {sorted(shared)}")
+    (task, validation_pairs), = shared
+
     def schedule(epochs: int, batch: int) -> str:
         return f"{epochs} × {batch}"
 
-    frame = record["table"].assign(
-        schedule=lambda t: [schedule(e, b) for e, b in zip(t.epochs, t.batch_size, strict=True)],
-        cell=lambda t: [f"{a:.0%} (m = {m:g})" for a, m in zip(t.accuracy, t.m, strict=True)])
-    order = [schedule(e, b) for e, b in record["space"]["schedules"]]
-    grid = frame.pivot(index=["form", "lr"], columns="schedule", values="cell")[order].reset_index()
+    frame = pd.concat([record["table"].assign(method=record["method"]) for record in records], ignore_index=True)
+    frame = frame.assign(
+        schedule=[schedule(e, b) for e, b in zip(frame.epochs, frame.batch_size, strict=True)],
+        cell=[f"{a:.0%} (m = {m:g})" for a, m in zip(frame.accuracy, frame.m, strict=True)])
+    order = list(dict.fromkeys(schedule(e, b) for record in records for e, b in record["space"]["schedules"]))
+    rows = list(dict.fromkeys(zip(frame.method, frame.form, frame.lr, strict=True)))  # in the records' order
+    grid = frame.pivot(index=["method", "form", "lr"], columns="schedule", values="cell")
+    grid = grid.reindex(index=pd.MultiIndex.from_tuples(rows, names=grid.index.names), columns=order)
+    grid = grid.fillna("").reset_index()
     grid.columns.name = None
-    chosen = {(form, c["lr"], schedule(c["epochs"], c["batch_size"])) for form, c in record["chosen"].items()}
+    chosen = {(record["method"], form, c["lr"], schedule(c["epochs"], c["batch_size"]))
+              for record in records for form, c in record["chosen"].items()}
 
     def bold(shown: pd.DataFrame) -> pd.DataFrame:
-        return shown.apply(lambda row: ["font-weight: bold" if (row.form, row.lr, name) in chosen else ""
-                                        for name in row.index], axis=1, result_type="broadcast")
+        return shown.apply(lambda row: ["font-weight: bold" if (row.method, row.form, row.lr, name) in chosen
+                                        else "" for name in row.index], axis=1, result_type="broadcast")
 
     return (table(grid, {"lr": "{:g}"}).apply(bold, axis=None)
-            .set_caption(f"Validation accuracy on {record['validation_pairs']} held-out training pairs "
-                         f"(SPLIT, {record['task']}) per schedule, epochs × batch size; bold: the "
-                         "schedule chosen per form."))
+            .set_caption(f"Validation accuracy on {validation_pairs} held-out training pairs ({task}) per "
+                         "method, form and schedule (epochs × batch size); bold: the schedule chosen per "
+                         "method and form."))
 
 
 def _short(value: object) -> object:

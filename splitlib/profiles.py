@@ -151,7 +151,17 @@ _QWEN_SPLIT = {
 # The cpu profile: the same objective and pair types, with the learning rate, epochs and batch size
 # per form that `splitlib.search` chose on Psychopathy's training split (its record ships beside
 # this file; `python -m splitlib.search` writes it again). Without a record: the values before the search.
-SEARCH_RECORD = Path(__file__).resolve().parent / "records" / "cpu-training-search.json"
+SEARCHED_METHODS = ("split", "sft", "reps")  # the trained methods `python -m splitlib.search` can tune
+
+
+def search_record_path(method: str) -> Path:
+    """Where the cpu profile's search record for `method` ships (`python -m splitlib.search --method`)."""
+    check_choice("method", method, SEARCHED_METHODS)
+    name = "cpu-training-search.json" if method == "split" else f"cpu-training-search-{method}.json"
+    return Path(__file__).resolve().parent / "records" / name
+
+
+SEARCH_RECORD = search_record_path("split")
 _CPU_BEFORE_SEARCH = {form: {"lr": lr, "epochs": 2, "batch_size": 8}
                       for form, lr in (("vector", 0.01), ("lora", 0.01), ("local_weight", 0.002))}
 
@@ -164,6 +174,38 @@ def searched_schedules(path: Path = SEARCH_RECORD) -> dict[str, dict[str, Any]]:
     if not isinstance(chosen, dict) or set(chosen) != set(_CPU_BEFORE_SEARCH):
         raise ProfileError(f"{path} holds no chosen schedule for every form ({', '.join(_CPU_BEFORE_SEARCH)})")
     return chosen
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A method's own learning rate, epochs and batch size in one form, in place of SPLIT's
+    (the cpu profile's per-method search); gradients are not accumulated."""
+
+    lr: float
+    epochs: int
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        check_number("Schedule.lr", self.lr, 0, open_low=True)
+        check_positive_int("Schedule.epochs", self.epochs)
+        check_positive_int("Schedule.batch_size", self.batch_size)
+
+
+def method_schedules() -> dict[tuple[str, str], Schedule]:
+    """SFT's and RePS's schedules per (method, form) where their own search record ships; the
+    forms a record lacks keep SPLIT's."""
+    schedules = {}
+    for method in SEARCHED_METHODS[1:]:
+        path = search_record_path(method)
+        if not path.exists():
+            continue
+        chosen = json.loads(path.read_text()).get("chosen")
+        if not isinstance(chosen, dict) or not chosen:
+            raise ProfileError(f"{path} holds no chosen schedule")
+        for form, schedule in chosen.items():
+            schedules[(method, form)] = Schedule(float(schedule["lr"]), int(schedule["epochs"]),
+                                                 int(schedule["batch_size"]))
+    return schedules
 
 
 _CPU_SPLIT = {
@@ -223,6 +265,8 @@ class Profile:
     engine: EngineSettings = EngineSettings()  # how sweeps, captures and DiffMean batch their work
     seed: int = 42
     split_configs: dict[tuple[str, str], TrainConfig] = field(default_factory=dict)
+    # (method, form): SFT's or RePS's own schedule where it differs from SPLIT's config
+    method_schedules: dict[tuple[str, str], Schedule] = field(default_factory=dict)
     description: str = ""
     paper_setup: bool = False
     extras: dict[str, object] = field(default_factory=dict)
@@ -246,6 +290,10 @@ class Profile:
         for task in self.evaluation_tasks:
             check_choice("Profile.evaluation_tasks entry", task, self.splits)
         check_int("Profile.seed", self.seed)
+        for method, form in self.method_schedules:
+            check_choice("Profile.method_schedules method", method, SEARCHED_METHODS[1:])
+            check_choice("Profile.method_schedules form", form, dict.fromkeys(f for _, f in self.split_configs))
+            check_type(f"Profile.method_schedules[{method!r}, {form!r}]", self.method_schedules[method, form], Schedule)
         check_type("Profile.engine", self.engine, EngineSettings)
         for name in ("vector_grid", "weight_grid", "relative_grid"):
             check_grid(f"Profile.{name}", getattr(self, name))
@@ -312,6 +360,7 @@ PROFILES: dict[str, Profile] = {
         # short rows: on a CPU the dense attention over a packed row costs more than the rows it saves
         engine=EngineSettings(pairs_per_row=32, row_tokens=512),
         split_configs=_CPU_SPLIT,
+        method_schedules=method_schedules(),
         description="The embedded SmolLM2-135M-Instruct on a CPU, at sizes that fit CI.",
     ),
     # transformers 5.24 refuses sdpa for Gemma-2 (eager keeps its attention soft-capping); Qwen-2.5 runs sdpa.

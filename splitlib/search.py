@@ -23,7 +23,7 @@ from .cache import write_atomically
 from .checks import check_int, check_number
 from .data import PolarityPair, check_pairs
 from .interventions import check_form
-from .profiles import SEARCH_RECORD, Profile, TrainConfig, check_profile
+from .profiles import SEARCH_RECORD, SEARCHED_METHODS, Profile, TrainConfig, check_profile, search_record_path
 from .scoring import Tokenizer, choose_multiplier, summarise
 from .sweep import run_sweep
 from .train import config_for, evaluation_multipliers, train_for_profile
@@ -39,6 +39,14 @@ class SearchSpace:
 
     learning_rates: Mapping[str, tuple[float, ...]]
     schedules: tuple[tuple[int, int], ...]  # (epochs, batch_size)
+
+    def restricted(self, forms: Sequence[str]) -> SearchSpace:
+        """The same space for `forms` only."""
+        missing = [form for form in forms if form not in self.learning_rates]
+        if missing:
+            raise ValueError(f"the search space has no learning rates for {', '.join(missing)} "
+                             f"(it has {', '.join(self.learning_rates)})")
+        return SearchSpace({form: self.learning_rates[form] for form in forms}, self.schedules)
 
     def __post_init__(self) -> None:
         for form, rates in self.learning_rates.items():
@@ -130,13 +138,13 @@ def choose_candidates(table: pd.DataFrame, validation_pairs: int) -> pd.DataFram
 
 
 def search_record(table: pd.DataFrame, profile: Profile, task: str, space: SearchSpace, held_out: int,
-                  seconds: float) -> dict:
+                  seconds: float, method: str = "split") -> dict:
     """What `python -m splitlib.search` writes: the candidates, the choice per form and how it was made."""
     from .provenance import code_version
 
     chosen = choose_candidates(table, held_out)
     return {
-        "profile": profile.name, "task": task, "method": "split", "validation_pairs": held_out,
+        "profile": profile.name, "task": task, "method": method, "validation_pairs": held_out,
         "rule": "highest validation accuracy at the m scoring.choose_multiplier picks on the validation pairs; "
                 "within one validation pair of it, the fewest epochs, then the highest PrefOdds",
         "space": {"learning_rates": {k: list(v) for k, v in space.learning_rates.items()},
@@ -159,6 +167,12 @@ def read_record(path: str | Path | None = None) -> dict:
     return {**record, "table": pd.DataFrame(record["candidates"], columns=list(CANDIDATE_COLUMNS))}
 
 
+def read_records() -> list[dict]:
+    """Every search record the cpu profile ships (`read_record`), SPLIT's first, then those of the
+    methods a search tuned on their own (`profiles.SEARCHED_METHODS`)."""
+    return [read_record(path) for path in map(search_record_path, SEARCHED_METHODS) if path.exists()]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the profile's search on a task's training split and write its record."""
     import argparse
@@ -170,15 +184,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m splitlib.search", description=main.__doc__)
     parser.add_argument("--profile", default=None, help="a built-in profile or a profile file (default: cpu)")
     parser.add_argument("--task", default="psychopathy")
-    parser.add_argument("--out", type=Path, default=SEARCH_RECORD)
+    parser.add_argument("--method", default="split", choices=SEARCHED_METHODS)
+    parser.add_argument("--forms", nargs="+", default=None, help="the forms to search (default: all)")
+    parser.add_argument("--out", type=Path, default=None, help="default: the method's record in splitlib/records")
     args = parser.parse_args(argv)
+    space = CPU_SPACE if args.forms is None else CPU_SPACE.restricted(args.forms)
     profile = get_profile(args.profile)
     model, tokenizer = load_model(profile)
     train = load_task(args.task, profile, model, tokenizer).train  # the test split is never passed on
     started = time.perf_counter()
-    table = search_training(model, tokenizer, train, profile, args.task, CPU_SPACE)
+    table = search_training(model, tokenizer, train, profile, args.task, space, method=args.method)
     held_out = len(validation_split(train, seed=profile.seed)[1])
-    record = search_record(table, profile, args.task, CPU_SPACE, held_out, time.perf_counter() - started)
+    record = search_record(table, profile, args.task, space, held_out, time.perf_counter() - started, args.method)
+    args.out = search_record_path(args.method) if args.out is None else args.out
     write_atomically(args.out, (json.dumps(record, indent=1) + "\n").encode())
     print(choose_candidates(table, held_out).to_string(index=False))
     return 0

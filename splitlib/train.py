@@ -59,8 +59,9 @@ def check_method(method: str, form: str) -> None:
 
 
 def config_for(profile: Profile, task: str, method: str, form: str) -> TrainConfig:
-    """The profile's hyperparameters for a method: SPLIT's config; SFT drops the A_n terms
-    (lambda_n = gamma = 0, as the reference's SFT baseline); RePS trains add and sub pairs."""
+    """The profile's hyperparameters for a method: SPLIT's config, with the method's own schedule
+    where the profile has one; SFT drops the A_n terms (lambda_n = gamma = 0, as the reference's
+    SFT baseline); RePS trains add and sub pairs."""
     check_profile(profile)
     check_choice("task", task, TASKS)
     check_method(method, form)
@@ -68,6 +69,10 @@ def config_for(profile: Profile, task: str, method: str, form: str) -> TrainConf
         raise ValueError(f"profile {profile.name!r} has no training config for task {task!r} and form {form!r} "
                          f"(it has {sorted(profile.split_configs)})")
     base = profile.split_configs[(task, form)]
+    schedule = profile.method_schedules.get((method, form))
+    if schedule is not None:  # the method's own search chose another schedule
+        base = dataclasses.replace(base, lr=schedule.lr, epochs=schedule.epochs, batch_size=schedule.batch_size,
+                                   grad_accum=1)
     if method == "sft":
         return dataclasses.replace(base, lambda_n=0.0, gamma=0.0)
     if method == "reps":

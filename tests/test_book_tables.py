@@ -1,6 +1,9 @@
 """The chapters' table helpers: narrow enough for the page, nothing lost."""
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import pandas as pd
 import pytest
 
@@ -21,7 +24,7 @@ def test_an_interval_table_has_one_cell_per_row_and_column_with_its_interval():
 
 
 def test_the_hyperparameter_table_keeps_what_varies_and_names_the_rest_once():
-    profile = splitlib.get_profile("cpu")
+    profile = dataclasses.replace(splitlib.get_profile("cpu"), method_schedules={})  # one schedule per form
     configs = {(method, form): config_for(profile, "psychopathy", method, form)
                for method in ("sft", "split") for form in ("vector", "lora")}
     styled = hyperparameter_table(configs)
@@ -75,3 +78,28 @@ def test_cut_marks_where_text_was_cut_at_either_end():
     assert book.cut("a short line", 40) == "a short line"
     assert book.cut("one two three four", 10) == "one two t…"
     assert book.cut("Is the following statement true? I like tea", 12, keep="end") == "…I like tea"
+
+
+def _record(method, rows, chosen, task="psychopathy", validation_pairs=32):
+    columns = ["form", "lr", "epochs", "batch_size", "m", "accuracy"]
+    return {"method": method, "task": task, "validation_pairs": validation_pairs,
+            "space": {"schedules": [[2, 8], [4, 4]]}, "chosen": chosen,
+            "table": pd.DataFrame(rows, columns=columns)}
+
+
+def test_the_search_table_has_a_row_per_method_form_and_rate_and_bolds_each_choice():
+    split = _record("split", [("lora", 0.1, 2, 8, 1.0, 0.75), ("lora", 0.1, 4, 4, 2.0, 0.875),
+                              ("lora", 0.01, 4, 4, 0.5, 0.5)], {"lora": {"lr": 0.1, "epochs": 4, "batch_size": 4}})
+    sft = _record("sft", [("lora", 0.03, 2, 8, 1.5, 0.8125)], {"lora": {"lr": 0.03, "epochs": 2, "batch_size": 8}})
+    styled = book.search_table([split, sft])
+    shown = styled.data
+    assert list(shown.columns) == ["method", "form", "lr", "2 × 8", "4 × 4"]
+    assert list(zip(shown.method, shown.lr)) == [("split", 0.1), ("split", 0.01), ("sft", 0.03)]
+    assert shown.loc[0, "4 × 4"] == "88% (m = 2)" and shown.loc[2, "4 × 4"] == ""
+    rule = re.search(r"([^}]*)\{\s*font-weight: bold;", styled.to_html()).group(1)
+    assert sorted(re.findall(r"_row(\d+)_col(\d+)", rule)) == [("0", "4"), ("2", "3")]
+    assert "32 held-out training pairs (psychopathy)" in styled.caption
+    with pytest.raises(ValueError, match="different validation pairs"):
+        book.search_table([split, _record("reps", [], {}, validation_pairs=30)])
+    with pytest.raises(ValueError, match="at least one search record"):
+        book.search_table([])

@@ -64,10 +64,11 @@ def test_the_search_never_reads_the_test_split(tokenizer, cache_dir, tmp_path, m
     monkeypatch.setattr(data, "load_task", lambda task, *args, **kwargs: TrainOnly(TRAIN))
     monkeypatch.setattr(search, "CPU_SPACE", search.SearchSpace({"lora": (0.01, 0.1)}, ((1, 4),)))
     out = tmp_path / "record.json"
-    assert search.main(["--out", str(out)]) == 0
+    assert search.main(["--out", str(out), "--method", "sft"]) == 0
     record = search.read_record(out)
     assert list(record["table"].lr) == [0.01, 0.1]
     assert set(record["chosen"]) == {"lora"}
+    assert record["method"] == "sft"
     assert record["validation_pairs"] == len(search.validation_split(TRAIN, seed=profile.seed)[1])
 
 
@@ -83,9 +84,48 @@ def test_the_cpu_profile_trains_with_the_shipped_record():
         assert (again.loc[form, "lr"], again.loc[form, "epochs"]) == (chosen["lr"], chosen["epochs"])
 
 
+def test_sft_and_reps_train_with_their_own_records_where_they_ship():
+    from splitlib.profiles import SEARCHED_METHODS, method_schedules, search_record_path
+    from splitlib.train import config_for
+
+    cpu = PROFILES["cpu"]
+    assert cpu.method_schedules == method_schedules()
+    for method in SEARCHED_METHODS[1:]:
+        path = search_record_path(method)
+        chosen = json.loads(path.read_text())["chosen"] if path.exists() else {}
+        for form, split_config in ((form, cpu.split_configs[("psychopathy", form)])
+                                   for form in ("vector", "lora", "local_weight")):
+            config = config_for(cpu, "psychopathy", method, form)
+            expected = chosen.get(form, {"lr": split_config.lr, "epochs": split_config.epochs,
+                                         "batch_size": split_config.batch_size})
+            assert (config.lr, config.epochs, config.batch_size) == (expected["lr"], expected["epochs"],
+                                                                     expected["batch_size"])
+
+
+def test_a_method_schedule_replaces_splits_for_that_method_only(tmp_path):
+    from splitlib.profiles import ProfileError, Schedule, profile_from_file
+    from splitlib.train import config_for
+
+    cpu = PROFILES["cpu"]
+    profile = dataclasses.replace(cpu, method_schedules={("reps", "lora"): Schedule(0.5, 3, 2)})
+    reps = config_for(profile, "axbench", "reps", "lora")
+    assert (reps.lr, reps.epochs, reps.batch_size, reps.grad_accum, reps.pair_types) == (0.5, 3, 2, 1, ("add", "sub"))
+    assert config_for(profile, "axbench", "split", "lora") == cpu.split_configs[("axbench", "lora")]
+    file = tmp_path / "mine.toml"
+    file.write_text("[method_schedules.split.lora]\nlr = 0.1\nepochs = 2\nbatch_size = 4\n")
+    with pytest.raises(ProfileError, match="unknown Profile.method_schedules method 'split'"):
+        profile_from_file(file)
+    file.write_text("[method_schedules.reps.vector]\nlr = 0.1\nepochs = 2\n")  # no inherited one to merge into
+    with pytest.raises(ProfileError, match="method_schedules.reps.vector.*batch_size"):
+        profile_from_file(file)
+
+
 def test_a_bad_space_is_named():
     with pytest.raises(ValueError, match="learning_rates\\['lora'\\] is empty"):
         search.SearchSpace({"lora": ()}, ((2, 4),))
     with pytest.raises(ValueError, match="no learning rates for the vector form"):
         search.candidates(PROFILES["cpu"].split_configs[("psychopathy", "vector")], "vector",
                           search.SearchSpace({"lora": (0.1,)}, ((2, 4),)))
+    with pytest.raises(ValueError, match="no learning rates for vector"):
+        search.CPU_SPACE.restricted(["lora"]).restricted(["vector"])
+    assert search.CPU_SPACE.restricted(["lora"]).learning_rates == {"lora": search.CPU_SPACE.learning_rates["lora"]}
