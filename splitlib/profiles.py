@@ -265,7 +265,7 @@ class Profile:
     engine: EngineSettings = EngineSettings()  # how sweeps, captures and DiffMean batch their work
     seed: int = 42
     split_configs: dict[tuple[str, str], TrainConfig] = field(default_factory=dict)
-    # (method, form): SFT's or RePS's own schedule where it differs from SPLIT's config
+    # (method, form): SFT's or RePS's own schedule (its own search), in place of SPLIT's config's
     method_schedules: dict[tuple[str, str], Schedule] = field(default_factory=dict)
     description: str = ""
     paper_setup: bool = False

@@ -1,10 +1,11 @@
 """Training hyperparameters chosen on the training split alone.
 
-A small grid of learning rates, epochs and batch sizes per form: each candidate trains SPLIT on
-two thirds of the training split and is read on the held-out third at the m the book's rule
-picks there (`scoring.choose_multiplier`). The test split is never an argument, so it cannot be
-read. `python -m splitlib.search` runs it for a profile and writes the record the cpu profile's
-configs come from (`profiles.SEARCH_RECORD`); chapter 5 shows that record.
+A small grid of learning rates, epochs and batch sizes per form: each candidate trains a method
+(SPLIT unless `--method sft` or `reps`) on two thirds of the training split and is read on the
+held-out third at the m the book's rule picks there (`scoring.choose_multiplier`). The test split
+is never an argument, so it cannot be read. `python -m splitlib.search` runs it for a profile and
+writes the record the cpu profile's configs come from (`profiles.search_record_path`: SPLIT's
+gives `split_configs`, SFT's and RePS's `method_schedules`); chapter 5 shows the records.
 """
 from __future__ import annotations
 
