@@ -292,7 +292,11 @@ class Profile:
         check_int("Profile.seed", self.seed)
         for method, form in self.method_schedules:
             check_choice("Profile.method_schedules method", method, SEARCHED_METHODS[1:])
-            check_choice("Profile.method_schedules form", form, dict.fromkeys(f for _, f in self.split_configs))
+            trained_forms = sorted({f for _, f in self.split_configs})
+            if form not in trained_forms:  # a schedule only replaces part of a SPLIT config
+                raise ValueError(f"Profile.method_schedules has a schedule for {method!r} in form {form!r}, "
+                                 f"but Profile.split_configs has no config in that form "
+                                 f"(its forms: {', '.join(trained_forms) or 'none'})")
             check_type(f"Profile.method_schedules[{method!r}, {form!r}]", self.method_schedules[method, form], Schedule)
         check_type("Profile.engine", self.engine, EngineSettings)
         for name in ("vector_grid", "weight_grid", "relative_grid"):

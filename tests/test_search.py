@@ -118,6 +118,10 @@ def test_a_method_schedule_replaces_splits_for_that_method_only(tmp_path):
     file.write_text("[method_schedules.reps.vector]\nlr = 0.1\nepochs = 2\n")  # no inherited one to merge into
     with pytest.raises(ProfileError, match="method_schedules.reps.vector.*batch_size"):
         profile_from_file(file)
+    only_vectors = {key: config for key, config in cpu.split_configs.items() if key[1] == "vector"}
+    with pytest.raises(ValueError, match=r"schedule for '\w+' in form 'lora', but Profile.split_configs has no "
+                                         r"config in that form \(its forms: vector\)"):
+        dataclasses.replace(cpu, split_configs=only_vectors)
 
 
 def test_a_bad_space_is_named():

@@ -145,7 +145,7 @@ def test_a_diffmean_evaluation_grid_needs_a_positive_unit(model):
     (lambda: config_for(CPU, "psychopathy", "unknown", "vector"), ValueError,
      "unknown method 'unknown'; choose one of diffmean, sft, reps, split"),
     (lambda: config_for(CPU, "psychopathy", "split", 3), TypeError, "form must be a str"),
-    (lambda: config_for(dataclasses.replace(CPU, split_configs={}), "psychopathy", "split", "vector"), ValueError,
+    (lambda: config_for(dataclasses.replace(CPU, split_configs={}, method_schedules={}), "psychopathy", "split", "vector"), ValueError,
      "profile 'cpu' has no training config for task 'psychopathy' and form 'vector'"),
     (lambda: get_profile(3), TypeError, "profile name must be a profile.s name or a profile file.s path, got int 3"),
     (lambda: evaluation_multipliers("cpu", "split", "vector", None, 1.0), TypeError, "profile must be a Profile"),
