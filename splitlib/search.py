@@ -63,9 +63,11 @@ class SearchSpace:
             check_int("SearchSpace batch_size", batch, low=1)
 
 
-# The cpu profile's space: its former rates and 3x and 10x them; 2 or 4 epochs, batches of 8 or 4.
+# The cpu profile's space: its former rates and 3x and 10x them, then one more ~3x step past each
+# edge that a method's choice sat on (LoRA 0.3; local weight 0.0006 and 0.06); 2 or 4 epochs, batches of 8 or 4.
 CPU_SPACE = SearchSpace(
-    learning_rates={"vector": (0.01, 0.03, 0.1), "lora": (0.01, 0.03, 0.1), "local_weight": (0.002, 0.006, 0.02)},
+    learning_rates={"vector": (0.01, 0.03, 0.1), "lora": (0.01, 0.03, 0.1, 0.3),
+                    "local_weight": (0.0006, 0.002, 0.006, 0.02, 0.06)},
     schedules=((2, 8), (2, 4), (4, 4)),
 )
 
@@ -100,14 +102,21 @@ def candidates(base: TrainConfig, form: str, space: SearchSpace) -> list[TrainCo
 
 def search_training(model: nn.Module, tokenizer: Tokenizer, train: Sequence[PolarityPair], profile: Profile,
                     task: str, space: SearchSpace, *, method: str = "split",
-                    tolerance: float = 1.0, progress: bool = True) -> pd.DataFrame:
+                    tolerance: float = 1.0, progress: bool = True, done: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every candidate of `space` for each form it names, trained (cached) on part of the *training* split
-    and read on the rest at the m the book's rule picks there: one row per candidate."""
+    and read on the rest at the m the book's rule picks there: one row per candidate. Rows of `done`
+    (an earlier record's table) are kept as they are, with their seconds, not run again."""
     check_profile(profile)
     fit_pairs, validation = validation_split(train, seed=profile.seed)
+    earlier = {} if done is None else {_candidate_key(row): row for row in done.to_dict(orient="records")}
     rows = []
     for form in space.learning_rates:
         for config in candidates(config_for(profile, task, method, form), form, space):
+            key = _candidate_key({"form": form, "lr": config.lr, "epochs": config.epochs,
+                                  "batch_size": config.batch_size})
+            if key in earlier:
+                rows.append(earlier[key])
+                continue
             started = time.perf_counter()
             update = train_for_profile(model, tokenizer, fit_pairs, method, form, config, profile, progress)
             grid = [0.0, *evaluation_multipliers(profile, method, form, update, 1.0)]
@@ -122,6 +131,11 @@ def search_training(model: nn.Module, tokenizer: Tokenizer, train: Sequence[Pola
                          "util_odds": float(at.util_odds), "unsteered_util_odds": float(unsteered.util_odds),
                          "seconds": time.perf_counter() - started})
     return pd.DataFrame(rows, columns=list(CANDIDATE_COLUMNS))
+
+
+def _candidate_key(row: Mapping) -> tuple:
+    """What names a candidate: its form, learning rate and schedule."""
+    return row["form"], round(float(row["lr"]), 12), int(row["epochs"]), int(row["batch_size"])
 
 
 def choose_candidates(table: pd.DataFrame, validation_pairs: int) -> pd.DataFrame:
@@ -168,6 +182,20 @@ def read_record(path: str | Path | None = None) -> dict:
     return {**record, "table": pd.DataFrame(record["candidates"], columns=list(CANDIDATE_COLUMNS))}
 
 
+def extendable_record(path: str | Path, profile: Profile, task: str, method: str, validation_pairs: int) -> dict:
+    """The record at `path` (`read_record`), if a search of the same profile, task, method and
+    validation split made it; else a ValueError naming what differs (its rows would not compare)."""
+    if not Path(path).exists():
+        raise ValueError(f"--extend: there is no record at {path} to extend")
+    record = read_record(path)
+    wanted = {"profile": profile.name, "task": task, "method": method, "validation_pairs": validation_pairs}
+    differ = [f"{key} {record.get(key)!r} (this search: {value!r})" for key, value in wanted.items()
+              if record.get(key, "split" if key == "method" else None) != value]
+    if differ:
+        raise ValueError(f"--extend: the record at {path} comes from another search: {'; '.join(differ)}")
+    return record
+
+
 def read_records() -> list[dict]:
     """Every search record the cpu profile ships (`read_record`), SPLIT's first, then those of the
     methods a search tuned on their own (`profiles.SEARCHED_METHODS`)."""
@@ -188,16 +216,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--method", default="split", choices=SEARCHED_METHODS)
     parser.add_argument("--forms", nargs="+", default=None, help="the forms to search (default: all)")
     parser.add_argument("--out", type=Path, default=None, help="default: the method's record in splitlib/records")
+    parser.add_argument("--extend", action="store_true",
+                        help="keep the candidates the record at --out already has; run only the new ones")
     args = parser.parse_args(argv)
     space = CPU_SPACE if args.forms is None else CPU_SPACE.restricted(args.forms)
     profile = get_profile(args.profile)
+    args.out = search_record_path(args.method) if args.out is None else args.out
     model, tokenizer = load_model(profile)
     train = load_task(args.task, profile, model, tokenizer).train  # the test split is never passed on
-    started = time.perf_counter()
-    table = search_training(model, tokenizer, train, profile, args.task, space, method=args.method)
     held_out = len(validation_split(train, seed=profile.seed)[1])
-    record = search_record(table, profile, args.task, space, held_out, time.perf_counter() - started, args.method)
-    args.out = search_record_path(args.method) if args.out is None else args.out
+    earlier = extendable_record(args.out, profile, args.task, args.method, held_out) if args.extend else None
+    dropped = [] if earlier is None else sorted(set(earlier["table"].form) - set(space.learning_rates))
+    if dropped:
+        parser.error(f"--extend would drop the record's {', '.join(dropped)} candidates: add them to --forms")
+    started = time.perf_counter()
+    table = search_training(model, tokenizer, train, profile, args.task, space, method=args.method,
+                            done=None if earlier is None else earlier["table"])
+    seconds = time.perf_counter() - started + (0.0 if earlier is None else earlier["seconds"])
+    record = search_record(table, profile, args.task, space, held_out, seconds, args.method)
+    if earlier is not None:
+        record["extends"] = earlier.get("extends", earlier.get("code"))  # the code its first rows ran on
     write_atomically(args.out, (json.dumps(record, indent=1) + "\n").encode())
     print(choose_candidates(table, held_out).to_string(index=False))
     return 0

@@ -54,7 +54,9 @@ def test_ties_go_to_the_cheaper_schedule():
     assert search.choose_candidates(table, validation_pairs=100).set_index("form").loc["lora", "lr"] == 0.1
 
 
-def test_the_search_never_reads_the_test_split(tokenizer, cache_dir, tmp_path, monkeypatch):
+@pytest.fixture
+def tiny_search(tokenizer, cache_dir, monkeypatch):
+    """`search.main` on a tiny model and a task whose test split fails when read; returns the profile."""
     from splitlib import data, models, profiles
 
     profile = dataclasses.replace(get_profile("cpu"), layer=LAYER, weight_grid=(0.0, 1.0, 2.0),
@@ -62,6 +64,11 @@ def test_the_search_never_reads_the_test_split(tokenizer, cache_dir, tmp_path, m
     monkeypatch.setattr(profiles, "get_profile", lambda name=None: profile)
     monkeypatch.setattr(models, "load_model", lambda profile: (tiny_model("llama", vocab_size=49152), tokenizer))
     monkeypatch.setattr(data, "load_task", lambda task, *args, **kwargs: TrainOnly(TRAIN))
+    return profile
+
+
+def test_the_search_never_reads_the_test_split(tiny_search, tmp_path, monkeypatch):
+    profile = tiny_search
     monkeypatch.setattr(search, "CPU_SPACE", search.SearchSpace({"lora": (0.01, 0.1)}, ((1, 4),)))
     out = tmp_path / "record.json"
     assert search.main(["--out", str(out), "--method", "sft"]) == 0
@@ -70,6 +77,31 @@ def test_the_search_never_reads_the_test_split(tokenizer, cache_dir, tmp_path, m
     assert set(record["chosen"]) == {"lora"}
     assert record["method"] == "sft"
     assert record["validation_pairs"] == len(search.validation_split(TRAIN, seed=profile.seed)[1])
+
+
+def test_extending_a_search_runs_only_its_new_candidates(tiny_search, tmp_path, monkeypatch):
+    out = tmp_path / "record.json"
+    monkeypatch.setattr(search, "CPU_SPACE", search.SearchSpace({"lora": (0.01,)}, ((1, 4),)))
+    search.main(["--out", str(out), "--method", "sft"])
+    first = search.read_record(out)
+    trained = []
+    train = search.train_for_profile
+    monkeypatch.setattr(search, "train_for_profile",
+                        lambda *args, **kwargs: trained.append(args[5].lr) or train(*args, **kwargs))
+    monkeypatch.setattr(search, "CPU_SPACE", search.SearchSpace({"lora": (0.01, 0.1)}, ((1, 4),)))
+    search.main(["--out", str(out), "--method", "sft", "--extend"])
+    extended = search.read_record(out)
+    assert trained == [0.1], "the 0.01 candidate comes from the record, not from a new run"
+    assert extended["candidates"][0] == first["candidates"][0]
+    assert list(extended["table"].lr) == [0.01, 0.1]
+    assert extended["seconds"] >= first["seconds"] and extended["extends"] == first["code"]
+    with pytest.raises(ValueError, match=r"comes from another search: method 'sft' \(this search: 'reps'\)"):
+        search.main(["--out", str(out), "--method", "reps", "--extend"])
+    with pytest.raises(ValueError, match="there is no record at .*missing.json to extend"):
+        search.main(["--out", str(tmp_path / "missing.json"), "--method", "sft", "--extend"])
+    monkeypatch.setattr(search, "CPU_SPACE", search.SearchSpace({"lora": (0.01,), "vector": (0.1,)}, ((1, 4),)))
+    with pytest.raises(SystemExit):  # argparse's error: the record's lora rows would be lost
+        search.main(["--out", str(out), "--method", "sft", "--forms", "vector", "--extend"])
 
 
 def test_the_cpu_profile_trains_with_the_shipped_record():
