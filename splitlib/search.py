@@ -64,10 +64,11 @@ class SearchSpace:
 
 
 # The cpu profile's space: its former rates and 3x and 10x them, then one more ~3x step past each
-# edge that a method's choice sat on (LoRA 0.3; local weight 0.0006 and 0.06); 2 or 4 epochs, batches of 8 or 4.
+# edge that a method's choice sat on (LoRA 0.3; local weight 0.0006 and 0.06, then 0.0002, where
+# RePS chose 0.0006); 2 or 4 epochs, batches of 8 or 4.
 CPU_SPACE = SearchSpace(
     learning_rates={"vector": (0.01, 0.03, 0.1), "lora": (0.01, 0.03, 0.1, 0.3),
-                    "local_weight": (0.0006, 0.002, 0.006, 0.02, 0.06)},
+                    "local_weight": (0.0002, 0.0006, 0.002, 0.006, 0.02, 0.06)},
     schedules=((2, 8), (2, 4), (4, 4)),
 )
 
@@ -140,15 +141,16 @@ def _candidate_key(row: Mapping) -> tuple:
 
 def choose_candidates(table: pd.DataFrame, validation_pairs: int) -> pd.DataFrame:
     """Per form, the candidate with the highest validation accuracy; candidates within one of the
-    `validation_pairs` of it count as tied, and the cheapest of those wins (fewest epochs, then
-    the highest PrefOdds): the time budget is part of the choice."""
+    `validation_pairs` of it count as tied, and the cheapest of those wins (fewest epochs; among
+    equally cheap ones the highest accuracy, then PrefOdds): the time budget is part of the choice,
+    but a tie never trades accuracy for nothing."""
     if table.empty:
         raise ValueError("no search results to choose from")
     check_int("validation_pairs", validation_pairs, low=1)
     chosen = []
     for _, group in table.groupby("form", sort=False):
         tied = group[group.accuracy >= group.accuracy.max() - 1 / validation_pairs - 1e-9]
-        chosen.append(tied.sort_values(["epochs", "pref_odds"], ascending=[True, False]).iloc[0])
+        chosen.append(tied.sort_values(["epochs", "accuracy", "pref_odds"], ascending=[True, False, False]).iloc[0])
     return pd.DataFrame(chosen).reset_index(drop=True)
 
 
@@ -161,7 +163,7 @@ def search_record(table: pd.DataFrame, profile: Profile, task: str, space: Searc
     return {
         "profile": profile.name, "task": task, "method": method, "validation_pairs": held_out,
         "rule": "highest validation accuracy at the m scoring.choose_multiplier picks on the validation pairs; "
-                "within one validation pair of it, the fewest epochs, then the highest PrefOdds",
+                "within one validation pair of it, the fewest epochs, then the highest accuracy, then PrefOdds",
         "space": {"learning_rates": {k: list(v) for k, v in space.learning_rates.items()},
                   "schedules": [list(s) for s in space.schedules]},
         "candidates": table.to_dict(orient="records"),
@@ -194,6 +196,15 @@ def extendable_record(path: str | Path, profile: Profile, task: str, method: str
     if differ:
         raise ValueError(f"--extend: the record at {path} comes from another search: {'; '.join(differ)}")
     return record
+
+
+def choices_inside(records: Sequence[Mapping]) -> tuple[int, int]:
+    """How many of the records' chosen learning rates lie strictly inside their form's grid (a
+    choice on an edge says the grid may end too early), out of how many choices."""
+    inside = [min(rates) < chosen["lr"] < max(rates) for record in records
+              for form, chosen in record["chosen"].items()
+              for rates in [record["space"]["learning_rates"][form]]]
+    return sum(inside), len(inside)
 
 
 def read_records() -> list[dict]:

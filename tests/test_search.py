@@ -47,10 +47,14 @@ def test_ties_go_to_the_cheaper_schedule():
         {"form": "lora", "lr": 0.01, "epochs": 2, "batch_size": 8, "pref_odds": 1.0, "accuracy": 0.5},
         {"form": "vector", "lr": 0.1, "epochs": 4, "batch_size": 4, "pref_odds": 1.0, "accuracy": 0.9},
         {"form": "vector", "lr": 0.01, "epochs": 2, "batch_size": 8, "pref_odds": 1.0, "accuracy": 0.6},
+        # tied with the best and as cheap, but less accurate: PrefOdds must not outrank accuracy
+        {"form": "local_weight", "lr": 0.002, "epochs": 4, "batch_size": 4, "pref_odds": 0.7, "accuracy": 0.875},
+        {"form": "local_weight", "lr": 0.06, "epochs": 4, "batch_size": 4, "pref_odds": 3.0, "accuracy": 0.844},
     ])
     chosen = search.choose_candidates(table, validation_pairs=32).set_index("form")
     assert chosen.loc["lora", "lr"] == 0.03, "within one of 32 validation pairs: the 2-epoch schedule"
     assert chosen.loc["vector", "lr"] == 0.1
+    assert chosen.loc["local_weight", "lr"] == 0.002, "equally cheap: the more accurate one"
     assert search.choose_candidates(table, validation_pairs=100).set_index("form").loc["lora", "lr"] == 0.1
 
 
@@ -102,6 +106,13 @@ def test_extending_a_search_runs_only_its_new_candidates(tiny_search, tmp_path, 
     monkeypatch.setattr(search, "CPU_SPACE", search.SearchSpace({"lora": (0.01,), "vector": (0.1,)}, ((1, 4),)))
     with pytest.raises(SystemExit):  # argparse's error: the record's lora rows would be lost
         search.main(["--out", str(out), "--method", "sft", "--forms", "vector", "--extend"])
+
+
+def test_choices_on_a_grid_edge_are_counted():
+    space = {"learning_rates": {"lora": [0.01, 0.1, 0.3], "vector": [0.01, 0.03]}}
+    records = [{"space": space, "chosen": {"lora": {"lr": 0.1}, "vector": {"lr": 0.03}}},
+               {"space": space, "chosen": {"lora": {"lr": 0.3}}}]
+    assert search.choices_inside(records) == (1, 3), "only lora's 0.1 has a rate on both sides"
 
 
 def test_the_cpu_profile_trains_with_the_shipped_record():
