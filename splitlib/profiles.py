@@ -290,9 +290,9 @@ class Profile:
         for task in self.evaluation_tasks:
             check_choice("Profile.evaluation_tasks entry", task, self.splits)
         check_int("Profile.seed", self.seed)
+        trained_forms = sorted({f for _, f in self.split_configs})
         for method, form in self.method_schedules:
             check_choice("Profile.method_schedules method", method, SEARCHED_METHODS[1:])
-            trained_forms = sorted({f for _, f in self.split_configs})
             if form not in trained_forms:  # a schedule only replaces part of a SPLIT config
                 raise ValueError(f"Profile.method_schedules has a schedule for {method!r} in form {form!r}, "
                                  f"but Profile.split_configs has no config in that form "

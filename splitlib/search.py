@@ -109,12 +109,12 @@ def search_training(model: nn.Module, tokenizer: Tokenizer, train: Sequence[Pola
     (an earlier record's table) are kept as they are, with their seconds, not run again."""
     check_profile(profile)
     fit_pairs, validation = validation_split(train, seed=profile.seed)
-    earlier = {} if done is None else {_candidate_key(row): row for row in done.to_dict(orient="records")}
+    earlier = {} if done is None else {(row["form"], row["lr"], row["epochs"], row["batch_size"]): row
+                                       for row in done.to_dict(orient="records")}
     rows = []
     for form in space.learning_rates:
         for config in candidates(config_for(profile, task, method, form), form, space):
-            key = _candidate_key({"form": form, "lr": config.lr, "epochs": config.epochs,
-                                  "batch_size": config.batch_size})
+            key = (form, config.lr, config.epochs, config.batch_size)
             if key in earlier:
                 rows.append(earlier[key])
                 continue
@@ -132,11 +132,6 @@ def search_training(model: nn.Module, tokenizer: Tokenizer, train: Sequence[Pola
                          "util_odds": float(at.util_odds), "unsteered_util_odds": float(unsteered.util_odds),
                          "seconds": time.perf_counter() - started})
     return pd.DataFrame(rows, columns=list(CANDIDATE_COLUMNS))
-
-
-def _candidate_key(row: Mapping) -> tuple:
-    """What names a candidate: its form, learning rate and schedule."""
-    return row["form"], round(float(row["lr"]), 12), int(row["epochs"]), int(row["batch_size"])
 
 
 def choose_candidates(table: pd.DataFrame, validation_pairs: int) -> pd.DataFrame:
@@ -192,7 +187,7 @@ def extendable_record(path: str | Path, profile: Profile, task: str, method: str
     record = read_record(path)
     wanted = {"profile": profile.name, "task": task, "method": method, "validation_pairs": validation_pairs}
     differ = [f"{key} {record.get(key)!r} (this search: {value!r})" for key, value in wanted.items()
-              if record.get(key, "split" if key == "method" else None) != value]
+              if record.get(key) != value]
     if differ:
         raise ValueError(f"--extend: the record at {path} comes from another search: {'; '.join(differ)}")
     return record
