@@ -78,6 +78,8 @@ class PairBatch:
     lengths: list[int]  # scored tokens per sequence
     own_cols: Tensor  # position of each scored token itself
     real: Tensor  # (rows, width) bool: a real token, not padding
+    steered: Tensor  # (rows, width) bool: the update acts here (past the chat template's head)
+    source: Tensor  # (rows, width): index into the batch's pairs laid end to end, each prompt, A_p, A_n
     allowed: Tensor | None = None  # packed rows: the (rows, 1, width, width) permission matrix
 
     @property
@@ -103,11 +105,19 @@ class PairBatch:
             allowed, mask = None, self.attention_mask.repeat(times, 1)
         return PairBatch(self.input_ids.repeat(times, 1), mask, self.position_ids.repeat(times, 1),
                          self.rows.repeat(times) + offsets, self.cols.repeat(times), self.targets.repeat(times),
-                         self.lengths * times, self.own_cols.repeat(times), self.real.repeat(times, 1), allowed)
+                         self.lengths * times, self.own_cols.repeat(times), self.real.repeat(times, 1),
+                         self.steered.repeat(times, 1), self.source.repeat(times, 1), allowed)
+
+    def multipliers(self, values: Tensor) -> Tensor:
+        """(rows, width, 1): the multiplier at each token, from one per row (rows,) or one per token
+        (rows, width), and 0 where the update does not act (the template's head, padding)."""
+        per_token = values.view(-1, 1) if values.dim() == 1 else values
+        return (per_token * self.steered.to(values.dtype)).unsqueeze(-1)
 
 
 def collate_pairs(encoded: Sequence[EncodedPair], pad_id: int, device: torch.device | str, packed: bool,
-                  model: nn.Module | None = None, row_per_pair: bool = False, pad_to: int = 1) -> PairBatch:
+                  model: nn.Module | None = None, row_per_pair: bool = False, pad_to: int = 1,
+                  share_unsteered_only: bool = False) -> PairBatch:
     """The sequences of a batch of pairs as padded rows, with where each scored token sits.
 
     Separate (`packed=False`): two rows per pair, prompt + A_p and prompt + A_n, right-padded.
@@ -115,26 +125,33 @@ def collate_pairs(encoded: Sequence[EncodedPair], pad_id: int, device: torch.dev
     per pair the rest of its prompt, A_p and A_n. A 4-D mask lets each token see only its own
     branch (A_n never sees A_p, pair i never sees pair j) and positions restart where each branch
     starts, so every answer is scored exactly as if it were alone, while the shared prefix and each
-    prompt are computed once. `row_per_pair` packs each pair in a row of its own (training draws
-    one m per pair, applied per row). Packed rows need `model` (its attention implementation
-    decides the mask's form). `pad_to` rounds the width up to a multiple of it.
+    prompt are computed once. `row_per_pair` packs each pair in a row of its own.
+    `share_unsteered_only` lets the pairs of a packed row share no more than the chat template's
+    head, which the update leaves alone: training draws one m per pair, so nothing the update acts
+    on can be shared. Packed rows need `model` (its attention implementation decides the mask's
+    form). `pad_to` rounds the width up to a multiple of it.
     """
     if not packed:
         rows = [_tree_row([pair], only=side) for pair in encoded for side in (0, 1)]
     else:
         if model is None:
             raise ValueError("packed rows need the model: its attention implementation decides the mask's form")
-        rows = [_tree_row([pair]) for pair in encoded] if row_per_pair else [_tree_row(encoded)]
+        rows = ([_tree_row([pair]) for pair in encoded] if row_per_pair
+                else [_tree_row(encoded, share_unsteered_only=share_unsteered_only)])
     width = -(-max(len(row.tokens) for row in rows) // pad_to) * pad_to
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
     real = torch.zeros((len(rows), width), dtype=torch.bool)
+    steered = torch.zeros((len(rows), width), dtype=torch.bool)
+    source = torch.zeros((len(rows), width), dtype=torch.long)
     scored_rows, cols, own, targets, lengths = [], [], [], [], []
     for r, row in enumerate(rows):
         n = len(row.tokens)
         ids[r, :n] = torch.tensor(row.tokens)
         positions[r, :n] = torch.tensor(row.positions)
         real[r, :n] = True
+        steered[r, :n] = torch.tensor(row.steered)
+        source[r, :n] = torch.tensor(row.source)
         for first, count, predictor in row.answers:
             scored_rows += [r] * count
             cols += [predictor] + list(range(first, first + count - 1))
@@ -150,7 +167,7 @@ def collate_pairs(encoded: Sequence[EncodedPair], pad_id: int, device: torch.dev
         attention = real.long().to(device)
     to = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
     return PairBatch(ids.to(device), attention, positions.to(device), to(scored_rows), to(cols), to(targets),
-                     lengths, to(own), real.to(device), allowed)
+                     lengths, to(own), real.to(device), steered.to(device), source.to(device), allowed)
 
 
 @dataclass
@@ -160,32 +177,44 @@ class _Row:
     segment: list[int]  # segment id of each token
     parent: list[int]  # parent segment of each segment (-1 for the root)
     answers: list[tuple[int, int, int]]  # (first token index, count, index of the token predicting the first)
+    steered: list[bool]  # the update acts on the token (it lies past its pair's template head)
+    source: list[int]  # the token's index in the row's pairs laid end to end (each prompt, A_p, A_n)
 
 
-def _tree_row(pairs: Sequence[EncodedPair], only: int | None = None) -> _Row:
-    """One row: common prompt prefix, then per pair its prompt rest, A_p and A_n (or only one answer)."""
-    prefix = _common_prefix([p.prompt for p in pairs])
-    row = _Row(list(prefix), list(range(len(prefix))), [0] * len(prefix), [-1], [])
+def _tree_row(pairs: Sequence[EncodedPair], only: int | None = None, share_unsteered_only: bool = False) -> _Row:
+    """One row: common prompt prefix (with `share_unsteered_only`, at most the template's head),
+    then per pair its prompt rest, A_p and A_n (or only one answer)."""
+    head = min(p.unsteered for p in pairs)
+    prefix = _common_prefix([p.prompt for p in pairs], limit=head if share_unsteered_only else None)
+    row = _Row(list(prefix), list(range(len(prefix))), [0] * len(prefix), [-1], [],
+               [i >= head for i in range(len(prefix))], list(range(len(prefix))))
+    offset = 0
     for pair in pairs:
         rest = pair.prompt[len(prefix) :]
         branch = 0
         if rest:
-            branch = _add_segment(row, rest, parent=0, start_position=len(prefix))
-        answers = (pair.positive, pair.negative) if only is None else ((pair.positive, pair.negative)[only],)
+            branch = _add_segment(row, rest, parent=0, start_position=len(prefix), pair=pair,
+                                  source=offset + len(prefix))
         predictor = _last_token_of(row, branch)
-        for answer in answers:
+        for side in (0, 1) if only is None else (only,):
+            answer = (pair.positive, pair.negative)[side]
             first = len(row.tokens)
-            _add_segment(row, answer, parent=branch, start_position=len(pair.prompt))
+            _add_segment(row, answer, parent=branch, start_position=len(pair.prompt), pair=pair,
+                         source=offset + len(pair.prompt) + (len(pair.positive) if side else 0))
             row.answers.append((first, len(answer), predictor))
+        offset += len(pair.prompt) + len(pair.positive) + len(pair.negative)
     return row
 
 
-def _add_segment(row: _Row, tokens: Sequence[int], parent: int, start_position: int) -> int:
+def _add_segment(row: _Row, tokens: Sequence[int], parent: int, start_position: int, pair: EncodedPair,
+                 source: int) -> int:
     segment = len(row.parent)
     row.parent.append(parent)
     row.tokens += tokens
     row.positions += range(start_position, start_position + len(tokens))
     row.segment += [segment] * len(tokens)
+    row.steered += [position >= pair.unsteered for position in range(start_position, start_position + len(tokens))]
+    row.source += range(source, source + len(tokens))
     return segment
 
 
@@ -197,12 +226,14 @@ def _last_token_of(row: _Row, segment: int) -> int:
         segment = row.parent[segment]
 
 
-def _common_prefix(sequences: Sequence[Sequence[int]]) -> tuple[int, ...]:
-    """The longest common prefix, kept one token short of the shortest prompt so every pair keeps
-    at least its last prompt token in its own branch (which predicts the answers)."""
+def _common_prefix(sequences: Sequence[Sequence[int]], limit: int | None = None) -> tuple[int, ...]:
+    """The longest common prefix (of at most `limit` tokens), kept one token short of the shortest
+    prompt so every pair keeps at least its last prompt token in its own branch (which predicts the
+    answers)."""
     shortest = min(len(s) for s in sequences)
+    longest = shortest - 1 if limit is None else min(shortest - 1, limit)
     n = 0
-    while n < shortest - 1 and all(s[n] == sequences[0][n] for s in sequences):
+    while n < longest and all(s[n] == sequences[0][n] for s in sequences):
         n += 1
     return tuple(sequences[0][:n])
 
@@ -435,7 +466,7 @@ def steered_batch(model: nn.Module, batch: PairBatch, intervention: Intervention
         for start in range(0, k, per_forward):
             group = [float(m) for m in multipliers[start : start + per_forward]]
             copies = batch.repeated(len(group), model)
-            m = torch.tensor(group, device=batch.input_ids.device).repeat_interleave(batch.n_rows).view(-1, 1, 1)
+            m = copies.multipliers(torch.tensor(group, device=batch.input_ids.device).repeat_interleave(batch.n_rows))
             entering = lower.entering.repeat(len(group), 1, 1)
             with intervention.apply(model, m):
                 final, seen = upper_pass(model, copies, split, entering, above)

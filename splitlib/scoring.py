@@ -57,13 +57,23 @@ def end_of_turn(tokenizer: Tokenizer) -> str:
     return text[text.rindex(_MARKER) + len(_MARKER) :]
 
 
+def template_head_length(tokenizer: Tokenizer) -> int:
+    """Tokens of the chat template's head, the common prefix of every prompt before the user's
+    words (system prompt, role markers). The reference code's `prefix_length`: it steers from
+    there on, so in training and scoring the update leaves these positions alone."""
+    first, second = (tokenizer(chat_prompt(tokenizer, text), add_special_tokens=False).input_ids for text in "12")
+    return next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
+
+
 @dataclass(frozen=True)
 class EncodedPair:
-    """Token ids of a pair's prompt and of its two completions (answer + end-of-turn text)."""
+    """Token ids of a pair's prompt and of its two completions (answer + end-of-turn text), and
+    how many leading prompt tokens the update leaves alone (the template's head)."""
 
     prompt: tuple[int, ...]
     positive: tuple[int, ...]
     negative: tuple[int, ...]
+    unsteered: int = 0
 
 
 def encode_pair(tokenizer: Tokenizer, question: str, positive: str, negative: str,
@@ -75,6 +85,9 @@ def encode_pair(tokenizer: Tokenizer, question: str, positive: str, negative: st
     """
     check_positive_int("max_answer_tokens", max_answer_tokens, optional=True)  # a slice of -1 drops a token
     prompt = tokenizer(chat_prompt(tokenizer, question), add_special_tokens=False).input_ids
+    head = template_head_length(tokenizer)
+    if head >= len(prompt):
+        raise ValueError(f"the prompt for {question[:60]!r} is no longer than the chat template's head ({head} tokens)")
     suffix = tokenizer(end_of_turn(tokenizer), add_special_tokens=False).input_ids
 
     def completion(answer: str) -> tuple[int, ...]:
@@ -83,7 +96,7 @@ def encode_pair(tokenizer: Tokenizer, question: str, positive: str, negative: st
             raise ValueError(f"the answer {answer!r} to {question[:60]!r} has no tokens")
         return tuple(ids + suffix)
 
-    return EncodedPair(tuple(prompt), completion(positive), completion(negative))
+    return EncodedPair(tuple(prompt), completion(positive), completion(negative), head)
 
 
 def token_nll(logits: Tensor, targets: Tensor) -> Tensor:

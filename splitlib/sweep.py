@@ -244,7 +244,8 @@ def naive_sweep(
         for k, m in enumerate(grid):
             for i, pair in enumerate(encoded):
                 batch = collate_pairs([pair], pad_token_id(tokenizer), device, packed=False)
-                with intervention.apply(model, m) if intervention is not None else _nothing():
+                steering = batch.multipliers(torch.tensor([m] * batch.n_rows, device=device))
+                with intervention.apply(model, steering) if intervention is not None else _nothing():
                     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
                 nll = token_nll(logits[batch.rows, batch.cols], batch.targets)
                 losses[k, 2 * i : 2 * i + 2] = reduce_nll(nll, batch.lengths, check_loss(loss)).cpu().numpy()

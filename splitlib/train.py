@@ -155,9 +155,11 @@ class Trainer:
         encoded = encode_pairs(self.tokenizer, self.pairs, self.max_answer_tokens)
         self.examples = self._prepare(encoded)
 
-    def _batch(self, pairs: Sequence[EncodedPair]) -> PairBatch:
+    def _batch(self, pairs: Sequence[EncodedPair], one_row: bool = False) -> PairBatch:
+        """A row per pair (the unsteered preparation), or a training step's pairs in one row that
+        shares only the template's head: the update leaves it alone, so every pair's m reads it alike."""
         return collate_pairs(pairs, pad_token_id(self.tokenizer), self.device, packed=True, model=self.model,
-                             row_per_pair=True, pad_to=self.settings.pad_to)
+                             row_per_pair=not one_row, pad_to=self.settings.pad_to, share_unsteered_only=one_row)
 
     def _prepare(self, encoded: Sequence[EncodedPair]) -> list[_Example]:
         """Run layers 0..L once per example, keeping what layer L computed (and, for RePS, the
@@ -189,36 +191,33 @@ class Trainer:
         """The norm between the down-projection and the residual add (Gemma-2), if any."""
         return getattr(decoder_layers(self.model)[self.layer], "post_feedforward_layernorm", None)
 
-    def _steered_layer_output(self, intervention: Intervention, chosen: Sequence[_Example], width: int,
+    def _steered_layer_output(self, intervention: Intervention, chosen: Sequence[_Example], batch: PairBatch,
                               multipliers: Tensor, dropout: float) -> Tensor:
-        """Layer L's output under the intervention, from what layer L computed without it:
-        out + m·Δh, or, behind a post-norm, (out - norm(down)) + norm(down + m·Δh)."""
-        def stack(name: str) -> Tensor:
-            first = getattr(chosen[0], name)
-            out = torch.zeros(len(chosen), width, first.shape[-1], dtype=first.dtype, device=first.device)
-            for i, example in enumerate(chosen):
-                value = getattr(example, name)
-                out[i, : value.shape[0]] = value
-            return out
+        """Layer L's output under the intervention for the step's row, gathered from what layer L
+        computed without it: out + m·Δh, or, behind a post-norm, (out - norm(down)) + norm(down + m·Δh)."""
+        def gathered(name: str) -> Tensor:
+            return torch.cat([getattr(example, name) for example in chosen])[batch.source]
 
-        layer_output = stack("layer_output")
+        layer_output = gathered("layer_output")
         # the vector form ignores h: no need to gather the (wide) down-projection inputs
-        h = layer_output if intervention.form == "vector" else stack("mlp_hidden")
+        h = layer_output if intervention.form == "vector" else gathered("mlp_hidden")
         with intervention.apply(self.model, multipliers, dropout=dropout) as live:
             shift = live.shift(intervention.delta(h), layer_output.dtype)
         post_norm = self._post_norm()
         if intervention.form == "vector" or post_norm is None:
             return layer_output + shift
-        down = stack("down_output")
+        down = gathered("down_output")
         return layer_output - post_norm(down) + post_norm(down + shift)
 
     def _scores(self, intervention: Intervention, chosen: Sequence[_Example], signs: Tensor, magnitudes: Tensor,
                 dropout: float) -> tuple[_Scores, Tensor, Tensor]:
         """Losses of the winning and losing answer of each example at its own multiplier."""
-        batch = self._batch([e.pair for e in chosen])
-        multipliers = (signs * magnitudes).to(self.device).view(-1, 1, 1)
+        batch = self._batch([e.pair for e in chosen], one_row=True)
+        sizes = [len(e.pair.prompt) + len(e.pair.positive) + len(e.pair.negative) for e in chosen]
+        per_token = torch.repeat_interleave(signs * magnitudes, torch.tensor(sizes)).to(self.device)
+        multipliers = batch.multipliers(per_token[batch.source])
         if self.reuse_lower_layers:
-            steered = self._steered_layer_output(intervention, chosen, batch.input_ids.shape[1], multipliers, dropout)
+            steered = self._steered_layer_output(intervention, chosen, batch, multipliers, dropout)
             hidden, _ = upper_pass(self.model, batch, self.layer + 1, steered)
         else:
             with intervention.apply(self.model, multipliers, dropout=dropout):

@@ -197,7 +197,9 @@ def test_captured_activations_equal_a_plain_forward(big_model, tokenizer, pairs,
     for k, m in enumerate(grid):
         for row, (p, answer, position) in enumerate(zip(captured.pair, captured.answer, captured.position)):
             sequence = encoded[p].prompt + (encoded[p].negative if answer == 0 else encoded[p].positive)
-            with torch.no_grad(), intervention.apply(big_model, m):
+            # the update leaves the chat template's head alone, as the reference code does
+            acts = (torch.arange(len(sequence)) >= encoded[p].unsteered).float().view(1, -1, 1)
+            with torch.no_grad(), intervention.apply(big_model, m * acts):
                 hidden = big_model(input_ids=torch.tensor([sequence]), output_hidden_states=True).hidden_states
             for j, state in enumerate(states):
                 expected = hidden[state][0, len(encoded[p].prompt) + position].numpy()  # -1: the last prompt token

@@ -12,6 +12,7 @@ from splitlib import FORMS, Intervention
 from splitlib import train as train_module
 from splitlib.data import PolarityPair
 from splitlib.profiles import TrainConfig
+from splitlib.scoring import template_head_length
 from splitlib.train import Trainer, TrainingError, _Scores, config_for, objective, train_intervention
 
 LAYER = 2
@@ -68,7 +69,7 @@ def test_reusing_the_lower_layers_gives_the_same_loss_and_gradient(model, tokeni
         torch.testing.assert_close(fast, slow, rtol=1e-3, atol=1e-5)
 
 
-def test_both_sides_of_a_pair_see_the_same_multiplier(model, tokenizer, monkeypatch):
+def test_each_pair_reads_its_own_multiplier_and_the_template_head_none(model, tokenizer, monkeypatch):
     seen = []
     original = Intervention.apply
 
@@ -81,8 +82,31 @@ def test_both_sides_of_a_pair_see_the_same_multiplier(model, tokenizer, monkeypa
     batch = trainer.schedule()[0]
     trainer.loss(Intervention.initial(model, "vector", LAYER), batch)
     (multipliers,) = seen
-    assert multipliers.shape == (len(batch), 1, 1), "one multiplier per example, applied to its whole row"
-    assert multipliers.view(-1).tolist() == [s * m for _, s, m in batch]
+    row = trainer._batch([trainer.examples[i].pair for i, _, _ in batch], one_row=True)
+    assert multipliers.shape == (1, row.input_ids.shape[1], 1), "the step's pairs share one row"
+    head = template_head_length(tokenizer)
+    assert head > 0 and row.position_ids[0, :head].tolist() == list(range(head))
+    assert not multipliers[0, :head].any(), "the template's head is shared and left alone"
+    sizes = [len(trainer.examples[i].pair.prompt) + len(trainer.examples[i].pair.positive)
+             + len(trainer.examples[i].pair.negative) for i, _, _ in batch]
+    owner = torch.searchsorted(torch.tensor(sizes).cumsum(0), row.source[0], right=True)
+    expected = torch.tensor([s * m for _, s, m in batch])[owner] * row.steered[0]
+    assert multipliers.view(-1).tolist() == expected.tolist(), "prompt rest, A_p and A_n read their pair's m"
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_step_in_one_row_equals_its_pairs_alone(model, tokenizer, form):
+    trainer = _trainer(model, tokenizer, form=form)
+    batch = trainer.schedule()[0]
+    intervention = Intervention.random(model, form, LAYER, seed=1, gain=3.0)
+    chosen = [trainer.examples[i] for i, _, _ in batch]
+    signs = torch.tensor([float(s) for _, s, _ in batch])
+    magnitudes = torch.tensor([float(m) for _, _, m in batch])
+    together, _, _ = trainer._scores(intervention, chosen, signs, magnitudes, 0.0)
+    for k in range(len(batch)):
+        alone, _, _ = trainer._scores(intervention, chosen[k : k + 1], signs[k : k + 1], magnitudes[k : k + 1], 0.0)
+        torch.testing.assert_close(together.win[k : k + 1], alone.win, rtol=0, atol=1e-5)
+        torch.testing.assert_close(together.lose[k : k + 1], alone.lose, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("form", FORMS)
