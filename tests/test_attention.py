@@ -54,10 +54,11 @@ def reference_flex(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(flex_module, "_FLEX_ATTENTION_DISABLE_COMPILE_DEBUG", True)  # forward only: exact
 
 
-def packed(encoded, model, row_per_pair: bool = False):
+def packed(encoded, model, row_per_pair: bool = False, head_only: bool = False):
     """A packed batch and its permission matrix `allowed` (rows, 1, width, width)."""
     if "model" in inspect.signature(collate_pairs).parameters:  # the engine's: the batch keeps `allowed`
-        batch = collate_pairs(encoded, 0, "cpu", packed=True, model=model, row_per_pair=row_per_pair)
+        batch = collate_pairs(encoded, 0, "cpu", packed=True, model=model, row_per_pair=row_per_pair,
+                              share_unsteered_only=head_only)
         return batch, batch.allowed
     batch = collate_pairs(encoded, 0, torch.device("cpu"), packed=True, mask_format="bool", row_per_pair=row_per_pair)
     return batch, batch.attention_mask
@@ -83,12 +84,13 @@ def implementations(arch: str) -> list[str]:
     return [i for i in PACKABLE if not (arch == "gemma2" and i == "sdpa")]  # sdpa cannot soft-cap
 
 
-@pytest.mark.parametrize("row_per_pair", [False, True], ids=["one-row", "row-per-pair"])
-def test_packed_rows_equal_each_sequence_alone(arch, tokenizer, pairs, reference_flex, row_per_pair):
+@pytest.mark.parametrize(("row_per_pair", "head_only"), [(False, False), (True, False), (False, True)],
+                         ids=["one-row", "row-per-pair", "head-shared"])
+def test_packed_rows_equal_each_sequence_alone(arch, tokenizer, pairs, reference_flex, row_per_pair, head_only):
     model = packable_model(arch)
     encoded = encode_pairs(tokenizer, pairs)
     expected = alone(model, encoded)
-    batch, allowed = packed(encoded, model, row_per_pair)
+    batch, allowed = packed(encoded, model, row_per_pair, head_only)
     for implementation in implementations(arch):
         model.set_attn_implementation(implementation)
         assert attention_implementation(model) == implementation
@@ -188,3 +190,19 @@ def test_implementations_that_cannot_pack_are_refused():
     model.config._attn_implementation = "eager"
     with pytest.raises(ValueError, match="bool"):
         packed_attention_mask(model, allowed.float(), torch.float32)
+
+
+def test_training_rows_share_only_the_template_head_and_mark_where_the_update_acts(tokenizer, pairs):
+    encoded = encode_pairs(tokenizer, pairs)
+    head = encoded[0].unsteered
+    assert head > 0 and all(pair.unsteered == head for pair in encoded)
+    model = packable_model("llama")
+    shared, _ = packed(encoded, model)  # sweeps share the whole common prompt prefix
+    training, _ = packed(encoded, model, head_only=True)
+    sizes = [len(p.prompt) + len(p.positive) + len(p.negative) for p in encoded]
+    assert int(training.real.sum()) == head + sum(size - head for size in sizes) >= int(shared.real.sum())
+    for batch in (shared, training):
+        assert torch.equal(batch.steered, (batch.position_ids >= head) & batch.real)
+    # each token's source is its own place in the pairs laid end to end
+    flat = torch.tensor([t for p in encoded for t in p.prompt + p.positive + p.negative])
+    assert torch.equal(flat[training.source][training.real], training.input_ids[training.real])

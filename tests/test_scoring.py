@@ -14,6 +14,7 @@ from splitlib.scoring import (
     end_of_turn,
     pref_odds,
     reduce_nll,
+    template_head_length,
     util_odds,
 )
 
@@ -60,3 +61,12 @@ def test_long_answers_are_truncated_before_the_end_of_turn(tokenizer):
     encoded = encode_pair(tokenizer, "Tell me about the sea.", "one two three four five six", "no", max_answer_tokens=2)
     suffix = tokenizer("<|im_end|>\n", add_special_tokens=False).input_ids
     assert len(encoded.positive) == 2 + len(suffix) and list(encoded.positive[2:]) == suffix
+
+
+def test_the_template_head_is_what_every_prompt_shares_before_the_question(tokenizer):
+    head = template_head_length(tokenizer)
+    first = encode_pair(tokenizer, "Is the sky blue?", "Yes", "No")
+    second = encode_pair(tokenizer, "Name a colour.", "Red", "Blue")
+    assert first.unsteered == second.unsteered == head > 0
+    assert first.prompt[:head] == second.prompt[:head] and first.prompt[head] != second.prompt[head]
+    assert tokenizer.decode(first.prompt[:head]).endswith("<|im_start|>user\n")
