@@ -229,7 +229,8 @@ def placement_note(form: str, model: nn.Module | None = None, layer: int = 0) ->
     """How a reference-code update of `form` acts in splitlib compared with the reference code."""
     check_choice("form", form, FORMS)
     if form == "vector":
-        return ("The reference code adds m·v to the output of decoder layer L at every position, as splitlib does. "
+        return ("The reference code adds m·v to the output of decoder layer L past the chat template's head in "
+                "training and scoring, and at every position in generation, as splitlib does. "
                 "Its trained scalar (proj.bias, added to m in training only) is not in the file, so m means what it "
                 "means in the reference's applier, not in its training.")
     note = ("The reference code adds m(x_mid ΔW + Δb) to the output of decoder layer L; splitlib adds it to the "
