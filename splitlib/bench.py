@@ -141,7 +141,7 @@ def tree_tokens(encoded: Sequence[EncodedPair]) -> TokenCounts:
         for answer in (pair.positive, pair.negative):
             n, k = _answers(len(pair.prompt), len(answer))
             tokens, keys, scored = tokens + n, keys + k, scored + n
-    unshared = sum(len(p.prompt) + len(p.positive) + len(p.negative) for p in encoded)
+    unshared = sum(p.length for p in encoded)
     return TokenCounts(tokens, scored, keys, unshared)
 
 

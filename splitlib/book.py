@@ -96,6 +96,20 @@ def hyperparameter_table(configs: Mapping[tuple[str, str], TrainConfig]) -> Styl
     return table(rows[["method", "form", *varying]]).set_caption(f"The same for every row: {shared}.")
 
 
+def pair_types_table(profile: Profile, trained: Sequence[tuple[str, str]]) -> Styler:
+    """The pair types each trained (method, form) learns from on every task: they differ by task,
+    and `hyperparameter_table` shows one task."""
+    import pandas as pd
+
+    from .data import TASKS
+    from .train import config_for
+
+    rows = pd.DataFrame([{"method": method, "form": form,
+                          **{task: " + ".join(config_for(profile, task, method, form).pair_types) for task in TASKS}}
+                         for method, form in trained])
+    return table(rows).set_caption('"add": A_p should win at +m; "sub": A_n should win at −m.')
+
+
 def search_table(records: Sequence[Mapping]) -> Styler:
     """Training searches' candidates (`search.read_records`), one row per (method, form,
     learning rate) and one column per schedule (epochs × batch size), each cell its validation

@@ -24,7 +24,7 @@ from .data import PolarityPair
 from .interventions import Intervention
 from .models import as_causal_lm, decoder_layers, model_fingerprint, recording
 from .profiles import EngineSettings
-from .scoring import EncodedPair, Tokenizer, encode_pair, token_nll
+from .scoring import EncodedPair, Tokenizer, encode_pair, template_head_length, token_nll
 
 # Tokens per upper-pass forward (rows x width x multipliers) on a CPU; a GPU sizes it from free memory.
 CPU_TOKEN_BUDGET = 8192
@@ -58,7 +58,8 @@ def device_token_budget(model: nn.Module, row_tokens: int = 2048) -> int:
 def encode_pairs(tokenizer: Tokenizer, pairs: Sequence[PolarityPair],
                  max_answer_tokens: int | None = None) -> list[EncodedPair]:
     """Token ids of each pair's prompt and its two completions (see `scoring.encode_pair`)."""
-    return [encode_pair(tokenizer, p.question, p.positive, p.negative, max_answer_tokens) for p in pairs]
+    head = template_head_length(tokenizer)
+    return [encode_pair(tokenizer, p.question, p.positive, p.negative, max_answer_tokens, head) for p in pairs]
 
 
 def pad_token_id(tokenizer: Tokenizer) -> int:
@@ -193,27 +194,28 @@ def _tree_row(pairs: Sequence[EncodedPair], only: int | None = None, share_unste
         rest = pair.prompt[len(prefix) :]
         branch = 0
         if rest:
-            branch = _add_segment(row, rest, parent=0, start_position=len(prefix), pair=pair,
+            branch = _add_segment(row, rest, parent=0, start_position=len(prefix), unsteered=pair.unsteered,
                                   source=offset + len(prefix))
         predictor = _last_token_of(row, branch)
         for side in (0, 1) if only is None else (only,):
             answer = (pair.positive, pair.negative)[side]
             first = len(row.tokens)
-            _add_segment(row, answer, parent=branch, start_position=len(pair.prompt), pair=pair,
+            _add_segment(row, answer, parent=branch, start_position=len(pair.prompt), unsteered=pair.unsteered,
                          source=offset + len(pair.prompt) + (len(pair.positive) if side else 0))
             row.answers.append((first, len(answer), predictor))
-        offset += len(pair.prompt) + len(pair.positive) + len(pair.negative)
+        offset += pair.length
     return row
 
 
-def _add_segment(row: _Row, tokens: Sequence[int], parent: int, start_position: int, pair: EncodedPair,
+def _add_segment(row: _Row, tokens: Sequence[int], parent: int, start_position: int, unsteered: int,
                  source: int) -> int:
+    """Append `tokens` as a new segment under `parent`; positions below `unsteered` (the head) stay unsteered."""
     segment = len(row.parent)
     row.parent.append(parent)
     row.tokens += tokens
     row.positions += range(start_position, start_position + len(tokens))
     row.segment += [segment] * len(tokens)
-    row.steered += [position >= pair.unsteered for position in range(start_position, start_position + len(tokens))]
+    row.steered += [position >= unsteered for position in range(start_position, start_position + len(tokens))]
     row.source += range(source, source + len(tokens))
     return segment
 
@@ -264,7 +266,7 @@ def plan_batches(encoded: Sequence[EncodedPair], settings: EngineSettings) -> li
     batches: list[list[int]] = []
     tokens = 0
     for i in order:
-        size = len(encoded[i].prompt) + len(encoded[i].positive) + len(encoded[i].negative)
+        size = encoded[i].length
         if not batches or len(batches[-1]) >= settings.pairs_per_row or tokens + size > settings.row_tokens:
             batches.append([])
             tokens = 0

@@ -148,7 +148,8 @@ _QWEN_SPLIT = {
     ("axbench", "lora"): _paper_split(12, 2, 2, 0.04, 0.5, 5, 0.45, ADD),
     ("axbench", "vector"): _paper_split(18, 2, 2, 0.08, 0.6, 6, 0.5, ADD, vector=True),
 }
-# The cpu profile: the same objective and pair types, with the learning rate, epochs and batch size
+# The cpu profile: the same objective, the pair types of the Gemma-2 reference config per task and
+# form (AxBench and PowerSeeking train "add" examples only), and the learning rate, epochs and batch size
 # per form that `splitlib.search` chose on Psychopathy's training split (its record ships beside
 # this file; `python -m splitlib.search` writes it again). Without a record: the values before the search.
 SEARCHED_METHODS = ("split", "sft", "reps")  # the trained methods `python -m splitlib.search` can tune
@@ -212,7 +213,7 @@ _CPU_SPLIT = {
     (task, form): TrainConfig(
         epochs=int(schedule["epochs"]), batch_size=int(schedule["batch_size"]), grad_accum=1,
         lr=float(schedule["lr"]), multipliers=_VECTOR_MULTIPLIERS if form == "vector" else _WEIGHT_MULTIPLIERS,
-        pair_types=ADD_SUB if form != "local_weight" else ADD,
+        pair_types=_GEMMA_SPLIT[(task, form)].pair_types,
     )
     for task in ("psychopathy", "powerseeking", "axbench")
     for form, schedule in searched_schedules().items()

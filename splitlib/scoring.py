@@ -75,17 +75,23 @@ class EncodedPair:
     negative: tuple[int, ...]
     unsteered: int = 0
 
+    @property
+    def length(self) -> int:
+        """Tokens of the pair laid end to end: prompt, A_p's completion, A_n's."""
+        return len(self.prompt) + len(self.positive) + len(self.negative)
+
 
 def encode_pair(tokenizer: Tokenizer, question: str, positive: str, negative: str,
-                max_answer_tokens: int | None = None) -> EncodedPair:
+                max_answer_tokens: int | None = None, head: int | None = None) -> EncodedPair:
     """Prompt tokens and the tokens of each answer + end-of-turn text.
 
     Prompt and completions are tokenised separately, the way a model generating the answer would
-    see them. `max_answer_tokens` truncates long answers (before the end-of-turn text).
+    see them. `max_answer_tokens` truncates long answers (before the end-of-turn text). `head` is
+    `template_head_length(tokenizer)`, computed here unless the caller encoding many pairs passes it.
     """
     check_positive_int("max_answer_tokens", max_answer_tokens, optional=True)  # a slice of -1 drops a token
     prompt = tokenizer(chat_prompt(tokenizer, question), add_special_tokens=False).input_ids
-    head = template_head_length(tokenizer)
+    head = template_head_length(tokenizer) if head is None else head
     if head >= len(prompt):
         raise ValueError(f"the prompt for {question[:60]!r} is no longer than the chat template's head ({head} tokens)")
     suffix = tokenizer(end_of_turn(tokenizer), add_special_tokens=False).input_ids

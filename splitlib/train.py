@@ -181,7 +181,7 @@ class Trainer:
                     ref = [-float(piece.sum()) for piece in torch.split(scored_nll(self.model, batch, final),
                                                                          batch.lengths)]
                 for i, pair in enumerate(chunk):
-                    n = len(pair.prompt) + len(pair.positive) + len(pair.negative)
+                    n = pair.length
                     logp = (ref[2 * i], ref[2 * i + 1]) if ref else (0.0, 0.0)
                     down = outputs["down"][i, :n] if post_norm is not None else None
                     examples.append(_Example(pair, outputs["layer"][i, :n], inputs["down"][i, :n], down, logp))
@@ -213,7 +213,7 @@ class Trainer:
                 dropout: float) -> tuple[_Scores, Tensor, Tensor]:
         """Losses of the winning and losing answer of each example at its own multiplier."""
         batch = self._batch([e.pair for e in chosen], one_row=True)
-        sizes = [len(e.pair.prompt) + len(e.pair.positive) + len(e.pair.negative) for e in chosen]
+        sizes = [e.pair.length for e in chosen]
         per_token = torch.repeat_interleave(signs * magnitudes, torch.tensor(sizes)).to(self.device)
         multipliers = batch.multipliers(per_token[batch.source])
         if self.reuse_lower_layers:

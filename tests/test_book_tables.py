@@ -103,3 +103,14 @@ def test_the_search_table_has_a_row_per_method_form_and_rate_and_bolds_each_choi
         book.search_table([split, _record("reps", [], {}, validation_pairs=30)])
     with pytest.raises(ValueError, match="at least one search record"):
         book.search_table([])
+
+
+def test_the_pair_types_table_has_a_column_per_task_read_from_each_config():
+    profile = splitlib.get_profile("cpu")
+    trained = [("split", "lora"), ("reps", "local_weight")]
+    shown = book.pair_types_table(profile, trained).data.set_index(["method", "form"])
+    assert list(shown.columns) == list(splitlib.TASKS)
+    for (method, form), row in shown.iterrows():
+        for task in splitlib.TASKS:
+            assert row[task] == " + ".join(config_for(profile, task, method, form).pair_types)
+    assert shown.loc[("reps", "local_weight"), "axbench"] == "add + sub"

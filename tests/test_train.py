@@ -208,3 +208,12 @@ def test_evaluation_sweeps_share_one_cached_sweep_per_split_for_both_sides(cache
     positive = evaluation_sweeps(model, tokenizer, splits, trained, profile, unit=1.0, negative=False, progress=False)
     assert len(list((cache_dir / "sweeps").glob("*.parquet"))) == len(splits), "served from the same sweeps"
     pd.testing.assert_frame_equal(positive, both[both.m >= 0].reset_index(drop=True))
+
+
+@pytest.mark.parametrize("task", ["psychopathy", "powerseeking", "axbench"])
+def test_the_cpu_profile_trains_the_pair_types_of_the_reference_config(task):
+    from splitlib.profiles import get_profile
+
+    cpu, gemma = get_profile("cpu"), get_profile("gemma-2-9b-it")
+    for form in ("vector", "lora", "local_weight"):
+        assert config_for(cpu, task, "split", form).pair_types == config_for(gemma, task, "split", form).pair_types
