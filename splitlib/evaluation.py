@@ -332,12 +332,19 @@ def task_verdicts(evaluations: Mapping[str, TaskEvaluation], tolerance: float = 
                      for task, e in evaluations.items())
 
 
+def tasks_left_out(profile: Profile) -> list[str]:
+    """The tasks the profile does not train, sweep or evaluate (`Profile.evaluation_tasks`)."""
+    from .data import TASKS
+
+    return [task for task in TASKS if task not in profile.evaluation_tasks]
+
+
 def left_out_note(model: nn.Module, tokenizer: Tokenizer, profile: Profile) -> str:
     """Which tasks the profile leaves out of chapter 5's evaluation (`Profile.evaluation_tasks`),
     and what they would cost: their mean prompt length against Psychopathy's."""
-    from .data import TASKS, load_task
+    from .data import load_task
 
-    left_out = [task for task in TASKS if task not in profile.evaluation_tasks]
+    left_out = tasks_left_out(profile)
     if not left_out:
         return "every task is evaluated on this profile"
     length = {task: prompt_tokens(tokenizer, load_task(task, profile, model, tokenizer).train)

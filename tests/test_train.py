@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from splitlib import FORMS, Intervention
+from splitlib import FORMS, TASKS, Intervention
 from splitlib import train as train_module
 from splitlib.data import PolarityPair
 from splitlib.profiles import TrainConfig
@@ -210,7 +210,7 @@ def test_evaluation_sweeps_share_one_cached_sweep_per_split_for_both_sides(cache
     pd.testing.assert_frame_equal(positive, both[both.m >= 0].reset_index(drop=True))
 
 
-@pytest.mark.parametrize("task", ["psychopathy", "powerseeking", "axbench"])
+@pytest.mark.parametrize("task", TASKS)
 def test_the_cpu_profile_trains_the_pair_types_of_the_reference_config(task):
     from splitlib.profiles import get_profile
 
