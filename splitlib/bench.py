@@ -21,12 +21,13 @@ and `share_of_peak` divides that by a large matmul in the run's dtype timed on t
   The engine packs pairs into rows and shares only each row's common prefix, so it computes at
   least this many tokens (and the naive loop computes the prompt twice per pair, per m);
   `tokens_unshared` (prompt + A_p + A_n per pair) is an upper bound for the engine.
-- a sweep at intervention layer L with K multipliers:
-  2 x (parameters of decoder layers 0..L-1) x tokens, once;
-  + 2 x (parameters of layers L..end + the final norm) x tokens x K;
+- a sweep at intervention layer L with K multipliers (layer L's steered output is its unsteered
+  output plus m·Δh, so layer L runs once too):
+  2 x (parameters of decoder layers 0..L) x tokens, once;
+  + 2 x (parameters of layers L+1..end + the final norm) x tokens x K;
   + 2 x hidden x vocab x scored tokens x K for the LM head (scored: the answer tokens);
   + attention scores and their weighted sum, 4 x (heads x head_dim) x sum over tokens of the keys
-  each attends to (its depth in the tree + 1), per layer: L layers once, the others K times.
+  each attends to (its depth in the tree + 1), per layer: L + 1 layers once, the others K times.
   (Gemma-2's sliding window, 4096, is longer than any row here; norms, activations, the
   intervention itself and softmax are left out.)
 - a training step (layers 0..L computed once beforehand and not counted): the forward of layers
@@ -155,10 +156,10 @@ def sweep_flops(counts: ModelCounts, layer: int, tokens: TokenCounts, n_multipli
     """Ideal FLOPs of a sweep at intervention layer `layer` with `n_multipliers` multipliers."""
     if not 0 <= layer < counts.n_layers:
         raise ValueError(f"layer {layer} is out of range 0..{counts.n_layers - 1}")
-    lower = 2 * sum(counts.layer_params[:layer]) * tokens.tokens
-    upper = 2 * (sum(counts.layer_params[layer:]) + counts.final_norm_params) * tokens.tokens * n_multipliers
+    lower = 2 * sum(counts.layer_params[: layer + 1]) * tokens.tokens
+    upper = 2 * (sum(counts.layer_params[layer + 1 :]) + counts.final_norm_params) * tokens.tokens * n_multipliers
     head = 2 * counts.hidden_size * counts.vocab_size * tokens.scored * n_multipliers
-    layer_passes = layer + (counts.n_layers - layer) * n_multipliers
+    layer_passes = layer + 1 + (counts.n_layers - layer - 1) * n_multipliers
     attention = 4 * counts.attention_width * tokens.keys * layer_passes
     return {"lower": lower, "upper": upper, "head": head, "attention": attention,
             "total": lower + upper + head + attention}

@@ -1,9 +1,10 @@
 """The one place that runs a model in two parts: the forward engine of sweeps, training and capture.
 
-Layers below the intervention layer L do not depend on m nor on the update, so a batch runs them
-once (the *lower pass*) and keeps the hidden state entering layer L. The layers from L on (the
-*upper pass*) then run for many multipliers in one forward: the batch's rows are repeated once per
-multiplier and each repetition carries its own m. Pairs are packed into rows as prefix-sharing
+Layers below the intervention layer L do not depend on m nor on the update, and neither does what
+layer L computes before the update is added; so a batch runs layers 0..L once (the *lower pass*),
+and layer L's steered output at any m is its unsteered output plus m·Δh (`UnsteeredLayer`). The
+layers above L (the *upper pass*) then run for many multipliers in one forward: the batch's rows
+are repeated once per multiplier and each repetition carries its own m. Pairs are packed into rows as prefix-sharing
 trees (`collate_pairs`), logits are computed only where a token is scored, and hidden states are
 captured at requested depths in the same pass. Batches are sized by a token budget, not a count.
 """
@@ -22,7 +23,7 @@ from .attention import packed_attention_mask
 from .cache import source_digest, stable_hash
 from .data import PolarityPair
 from .interventions import Intervention
-from .models import as_causal_lm, decoder_layers, model_fingerprint, recording
+from .models import as_causal_lm, decoder_layers, down_projection, model_fingerprint, recording
 from .profiles import EngineSettings
 from .scoring import EncodedPair, Tokenizer, encode_pair, template_head_length, token_nll
 
@@ -434,48 +435,104 @@ class BatchResult:
     hidden: dict[int, Tensor]  # hidden state -> (n_multipliers, n_kept, width), float32 on the CPU
 
 
+def post_norm(model: nn.Module, layer: int) -> nn.Module | None:
+    """The norm between layer `layer`'s down-projection and its residual add (Gemma-2), if any."""
+    return getattr(decoder_layers(model)[layer], "post_feedforward_layernorm", None)
+
+
+def with_shift(model: nn.Module, layer: int, layer_output: Tensor, down_output: Tensor | None, shift: Tensor) -> Tensor:
+    """Layer `layer`'s output with m·Δh added, from what the layer computed without it: out + shift,
+    or, for a weight form behind a post-norm (`down_output` given), (out - norm(down)) + norm(down + shift)."""
+    norm = post_norm(model, layer)
+    if down_output is None or norm is None:
+        return layer_output + shift
+    return layer_output - norm(down_output) + norm(down_output + shift)
+
+
+@dataclass
+class UnsteeredLayer:
+    """What the intervention layer computed for a batch without the update, from which its steered
+    output at any m follows (`with_shift`) without running the layer again."""
+
+    output: Tensor  # the layer's output
+    delta: Tensor  # Δh at m = 1 at every position (ΔW h + Δb, or Δb for a vector)
+    down_output: Tensor | None  # the down-projection's output, where a post-norm follows it
+
+    def steered(self, model: nn.Module, layer: int, multipliers: Tensor, copies: int) -> Tensor:
+        """The layer's output for `copies` copies of the batch, m·Δh added at per-token `multipliers`."""
+        def repeated(x: Tensor) -> Tensor:
+            return x.repeat(copies, 1, 1) if copies > 1 else x
+
+        shift = multipliers.to(self.output.dtype) * repeated(self.delta).to(self.output.dtype)
+        down = repeated(self.down_output) if self.down_output is not None else None
+        return with_shift(model, layer, repeated(self.output), down, shift)
+
+
+def unsteered_layer(model: nn.Module, batch: PairBatch, intervention: Intervention,
+                    hidden_states: Sequence[int] = ()) -> tuple[UnsteeredLayer, dict[int, Tensor]]:
+    """Run layers 0..L once (L = the intervention's layer): layer L's unsteered output, the update's
+    Δh there, and the requested hidden states (transformers numbering) below L's output."""
+    layer = intervention.layer
+    update = intervention.placed_for(model)
+    weight_form = intervention.form != "vector"
+    down = {"down": down_projection(model, layer)} if weight_form else {}
+    with recording(down, inputs=True) as down_input, recording(down) as down_output:
+        lower = lower_pass(model, batch, layer + 1, hidden_states)
+    output = lower.entering
+    delta = update.delta(down_input["down"] if weight_form else output)
+    kept = down_output["down"] if weight_form and post_norm(model, layer) is not None else None
+    return UnsteeredLayer(output, delta, kept), lower.hidden
+
+
 def steered_batch(model: nn.Module, batch: PairBatch, intervention: Intervention | None, multipliers: Sequence[float],
                   settings: EngineSettings, hidden_states: Sequence[int] = (),
                   keep: Tensor | None = None) -> BatchResult:
-    """Score a batch at every multiplier: the layers below the intervention once, the layers above
-    once per group of multipliers that fits the token budget (rows repeated, one m per copy).
+    """Score a batch at every multiplier: the layers up to the intervention's once, the layers above
+    it once per group of multipliers that fits the token budget (rows repeated, one m per copy). The
+    intervention layer's steered output follows from its unsteered one for every m (`UnsteeredLayer`).
 
     `hidden_states` (transformers numbering) are captured at the scored-token predictors indexed
     by `keep` (into batch.rows/cols; all of them when None) in the same pass."""
     n_layers = len(decoder_layers(model))
-    split = intervention.layer if intervention is not None else n_layers
     keep = torch.arange(len(batch.rows), device=batch.rows.device) if keep is None else keep
     rows, cols = batch.rows[keep], batch.cols[keep]
-    below = [i for i in hidden_states if i <= split]
-    above = [i for i in hidden_states if i > split]
     k = len(multipliers)
     hidden: dict[int, Tensor] = {}
+
+    def kept(state: Tensor, copies: int) -> Tensor:
+        return state.view(copies, batch.n_rows, *state.shape[1:])[:, rows, cols].float().cpu()
+
     with torch.no_grad():
-        lower = lower_pass(model, batch, split, below)
-        for i in below:
-            hidden[i] = lower.hidden[i][rows, cols].float().cpu().expand(k, -1, -1)
         if intervention is None:
+            lower = lower_pass(model, batch, n_layers, hidden_states)
             assert lower.final is not None  # the split is past the last layer
+            hidden = {i: kept(lower.hidden[i], 1).expand(k, -1, -1) for i in hidden_states}
             return BatchResult(scored_nll(model, batch, lower.final).expand(k, -1), hidden)
-        assert settings.token_budget is not None and lower.entering is not None  # resolved; split < n_layers
+        layer = intervention.layer
+        below = [i for i in hidden_states if i <= layer]  # outputs of layers below L: unsteered
+        at_layer = layer + 1 in hidden_states  # layer L's own output: steered
+        above = [i for i in hidden_states if i > layer + 1]
+        unsteered, lower_hidden = unsteered_layer(model, batch, intervention, below)
+        hidden = {i: kept(lower_hidden[i], 1).expand(k, -1, -1) for i in below}
+        assert settings.token_budget is not None  # resolved
         size = batch.n_rows * batch.input_ids.shape[1]
         if size > settings.token_budget:
             raise ValueError(f"a batch of {batch.n_rows} row(s) of {batch.input_ids.shape[1]} tokens does not fit the "
                              f"token budget of {settings.token_budget}: raise EngineSettings.token_budget")
         per_forward = settings.token_budget // size
         nll: list[Tensor] = []
-        captured: dict[int, list[Tensor]] = {i: [] for i in above}
+        captured: dict[int, list[Tensor]] = {i: [] for i in ([layer + 1] if at_layer else []) + above}
         for start in range(0, k, per_forward):
             group = [float(m) for m in multipliers[start : start + per_forward]]
             copies = batch.repeated(len(group), model)
             m = copies.multipliers(torch.tensor(group, device=batch.input_ids.device).repeat_interleave(batch.n_rows))
-            entering = lower.entering.repeat(len(group), 1, 1)
-            with intervention.apply(model, m):
-                final, seen = upper_pass(model, copies, split, entering, above)
+            steered = unsteered.steered(model, layer, m, len(group))
+            final, seen = upper_pass(model, copies, layer + 1, steered, above)
             nll.append(scored_nll(model, copies, final).view(len(group), -1))
-            for i in above:
-                per_copy = seen[i].view(len(group), batch.n_rows, *seen[i].shape[1:])
-                captured[i].append(per_copy[:, rows, cols].float().cpu())
+            if at_layer:
+                seen[layer + 1] = steered
+            for i in captured:
+                captured[i].append(kept(seen[i], len(group)))
         hidden.update({i: torch.cat(parts) for i, parts in captured.items()})
         return BatchResult(torch.cat(nll), hidden)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 from torch import nn
 
 from .cache import write_atomically
@@ -164,7 +165,7 @@ def search_record(table: pd.DataFrame, profile: Profile, task: str, space: Searc
         "candidates": table.to_dict(orient="records"),
         "chosen": {row.form: {"lr": float(row.lr), "epochs": int(row.epochs), "batch_size": int(row.batch_size)}
                    for row in chosen.itertuples()},
-        "seconds": round(seconds, 1), "code": code_version(),
+        "seconds": round(seconds, 1), "threads": torch.get_num_threads(), "code": code_version(),
     }
 
 
@@ -200,6 +201,16 @@ def choices_inside(records: Sequence[Mapping]) -> tuple[int, int]:
               for form, chosen in record["chosen"].items()
               for rates in [record["space"]["learning_rates"][form]]]
     return sum(inside), len(inside)
+
+
+def threads_note(records: Sequence[Mapping]) -> str:
+    """The threads the records' searches ran on, in words ("1 thread each"): their seconds are wall
+    times, which read differently on one thread than on several."""
+    threads = {record.get("threads") for record in records}
+    if len(threads) != 1 or None in threads:
+        return "threads the records do not all give"
+    n = int(threads.pop())
+    return f"{n} thread{'s' if n > 1 else ''} each"
 
 
 def read_records() -> list[dict]:

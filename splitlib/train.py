@@ -32,9 +32,11 @@ from .engine import (
     layer_window,
     pad_token_id,
     plan_batches,
+    post_norm,
     recording,
     scored_nll,
     upper_pass,
+    with_shift,
 )
 from .interventions import FORMS, Intervention, check_form
 from .models import as_causal_lm, check_layer, decoder_layers, down_projection
@@ -164,7 +166,7 @@ class Trainer:
     def _prepare(self, encoded: Sequence[EncodedPair]) -> list[_Example]:
         """Run layers 0..L once per example, keeping what layer L computed (and, for RePS, the
         unsteered model's log-probabilities of both answers)."""
-        post_norm = self._post_norm()
+        behind_norm = post_norm(self.model, self.layer) is not None
         block, projection = decoder_layers(self.model)[self.layer], down_projection(self.model, self.layer)
         examples = []
         with torch.no_grad():
@@ -183,18 +185,14 @@ class Trainer:
                 for i, pair in enumerate(chunk):
                     n = pair.length
                     logp = (ref[2 * i], ref[2 * i + 1]) if ref else (0.0, 0.0)
-                    down = outputs["down"][i, :n] if post_norm is not None else None
+                    down = outputs["down"][i, :n] if behind_norm else None
                     examples.append(_Example(pair, outputs["layer"][i, :n], inputs["down"][i, :n], down, logp))
         return examples
-
-    def _post_norm(self) -> nn.Module | None:
-        """The norm between the down-projection and the residual add (Gemma-2), if any."""
-        return getattr(decoder_layers(self.model)[self.layer], "post_feedforward_layernorm", None)
 
     def _steered_layer_output(self, intervention: Intervention, chosen: Sequence[_Example], batch: PairBatch,
                               multipliers: Tensor, dropout: float) -> Tensor:
         """Layer L's output under the intervention for the step's row, gathered from what layer L
-        computed without it: out + m·Δh, or, behind a post-norm, (out - norm(down)) + norm(down + m·Δh)."""
+        computed without it (`engine.with_shift`)."""
         def gathered(name: str) -> Tensor:
             return torch.cat([getattr(example, name) for example in chosen])[batch.source]
 
@@ -203,11 +201,8 @@ class Trainer:
         h = layer_output if intervention.form == "vector" else gathered("mlp_hidden")
         with intervention.apply(self.model, multipliers, dropout=dropout) as live:
             shift = live.shift(intervention.delta(h), layer_output.dtype)
-        post_norm = self._post_norm()
-        if intervention.form == "vector" or post_norm is None:
-            return layer_output + shift
-        down = gathered("down_output")
-        return layer_output - post_norm(down) + post_norm(down + shift)
+        behind_norm = intervention.form != "vector" and chosen[0].down_output is not None
+        return with_shift(self.model, self.layer, layer_output, gathered("down_output") if behind_norm else None, shift)
 
     def _scores(self, intervention: Intervention, chosen: Sequence[_Example], signs: Tensor, magnitudes: Tensor,
                 dropout: float) -> tuple[_Scores, Tensor, Tensor]:

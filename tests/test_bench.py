@@ -56,10 +56,10 @@ def test_sweep_and_train_flops_by_hand():
                          attention_width=6)
     tokens = TokenCounts(tokens=7, scored=3, keys=20, unshared=9)
     flops = sweep_flops(counts, layer=2, tokens=tokens, n_multipliers=4)
-    assert flops["lower"] == 2 * (10 + 20) * 7
-    assert flops["upper"] == 2 * (30 + 40 + 5) * 7 * 4
+    assert flops["lower"] == 2 * (10 + 20 + 30) * 7  # layers 0..L once: L's steered output needs no rerun
+    assert flops["upper"] == 2 * (40 + 5) * 7 * 4
     assert flops["head"] == 2 * 8 * 100 * 3 * 4
-    assert flops["attention"] == 4 * 6 * 20 * (2 + 2 * 4)
+    assert flops["attention"] == 4 * 6 * 20 * (3 + 1 * 4)
     assert flops["total"] == sum(v for k, v in flops.items() if k != "total")
     step = train_flops(counts, layer=1, tokens=tokens)
     forward = 2 * (30 + 40 + 5) * 7 + 2 * 8 * 100 * 3

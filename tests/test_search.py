@@ -176,3 +176,10 @@ def test_a_bad_space_is_named():
     with pytest.raises(ValueError, match="no learning rates for vector"):
         search.CPU_SPACE.restricted(["lora"]).restricted(["vector"])
     assert search.CPU_SPACE.restricted(["lora"]).learning_rates == {"lora": search.CPU_SPACE.learning_rates["lora"]}
+
+
+def test_the_threads_note_reads_the_records():
+    assert search.threads_note([{"threads": 1}, {"threads": 1}]) == "1 thread each"
+    assert search.threads_note([{"threads": 2}]) == "2 threads each"
+    assert search.threads_note([{"threads": 1}, {"threads": 2}]) == "threads the records do not all give"
+    assert search.threads_note([{"threads": 1}, {}]) == "threads the records do not all give"

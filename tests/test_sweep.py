@@ -35,6 +35,29 @@ def test_the_engine_equals_the_naive_loop(big_model, tokenizer, pairs, form):
     assert fast.loss_p.std() > 0.01, "the intervention should move the losses"
 
 
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("arch", ["gemma2", "qwen2"])
+def test_the_engine_equals_the_naive_loop_on_every_architecture(tokenizer, pairs, arch, form):
+    """The engine adds m·Δh to the intervention layer's unsteered output instead of running that
+    layer per m; Gemma-2 puts a norm between the down-projection and the residual add, which the
+    sum must pass through as the layer itself would."""
+    model = tiny_model(arch, vocab_size=49152)
+    intervention = Intervention.random(model, form, LAYER, seed=5, gain=4.0)
+    fast = run_sweep(model, tokenizer, pairs, intervention, GRID, cache=False, progress=False)
+    slow = naive_sweep(model, tokenizer, pairs, intervention, GRID)
+    _close(fast, slow, atol=1e-4)
+    assert fast.loss_p.std() > 0.01, "the intervention should move the losses"
+
+
+@pytest.mark.parametrize("layer", [0, 3])  # the first layer, and the last: nothing runs above it but the final norm
+def test_the_engine_equals_the_naive_loop_at_the_ends_of_the_stack(big_model, tokenizer, pairs, layer):
+    intervention = Intervention.random(big_model, "local_weight", layer, seed=6, gain=4.0)
+    fast = run_sweep(big_model, tokenizer, pairs, intervention, GRID, cache=False, progress=False)
+    slow = naive_sweep(big_model, tokenizer, pairs, intervention, GRID)
+    _close(fast, slow, atol=1e-4)
+    assert fast.loss_p.std() > 0.01, "the intervention should move the losses"
+
+
 @pytest.mark.parametrize("loss", ["mean", "sum"])
 def test_a_batch_equals_one_pair_at_a_time(big_model, tokenizer, pairs, loss):
     intervention = Intervention.random(big_model, "lora", LAYER, seed=2, gain=4.0)
