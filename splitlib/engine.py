@@ -468,20 +468,36 @@ class UnsteeredLayer:
         return with_shift(model, layer, repeated(self.output), down, shift)
 
 
+@dataclass
+class LayerRecord:
+    """What layers 0..L computed for a batch without any update: what an update at L acts on."""
+
+    output: Tensor  # layer L's output
+    down_input: Tensor | None  # its down-projection's input, from which ΔW h follows (weight forms)
+    down_output: Tensor | None  # its down-projection's output, where a post-norm follows it (weight forms)
+    hidden: dict[int, Tensor]  # requested hidden states below L's output
+
+
+def intervention_layer(model: nn.Module, batch: PairBatch, layer: int, weight_form: bool,
+                       hidden_states: Sequence[int] = ()) -> LayerRecord:
+    """Run layers 0..`layer` once and keep what an update there needs (`LayerRecord`): shared by
+    sweeps (`unsteered_layer`) and training, which add m·Δh to the same output (`with_shift`)."""
+    down = {"down": down_projection(model, layer)} if weight_form else {}
+    with recording(down, inputs=True) as down_input, recording(down) as down_output:
+        lower = lower_pass(model, batch, layer + 1, hidden_states)
+    behind_norm = weight_form and post_norm(model, layer) is not None
+    return LayerRecord(lower.entering, down_input["down"] if weight_form else None,
+                       down_output["down"] if behind_norm else None, lower.hidden)
+
+
 def unsteered_layer(model: nn.Module, batch: PairBatch, intervention: Intervention,
                     hidden_states: Sequence[int] = ()) -> tuple[UnsteeredLayer, dict[int, Tensor]]:
     """Run layers 0..L once (L = the intervention's layer): layer L's unsteered output, the update's
     Δh there, and the requested hidden states (transformers numbering) below L's output."""
-    layer = intervention.layer
     update = intervention.placed_for(model)
-    weight_form = intervention.form != "vector"
-    down = {"down": down_projection(model, layer)} if weight_form else {}
-    with recording(down, inputs=True) as down_input, recording(down) as down_output:
-        lower = lower_pass(model, batch, layer + 1, hidden_states)
-    output = lower.entering
-    delta = update.delta(down_input["down"] if weight_form else output)
-    kept = down_output["down"] if weight_form and post_norm(model, layer) is not None else None
-    return UnsteeredLayer(output, delta, kept), lower.hidden
+    record = intervention_layer(model, batch, intervention.layer, intervention.form != "vector", hidden_states)
+    delta = update.delta(record.down_input if record.down_input is not None else record.output)
+    return UnsteeredLayer(record.output, delta, record.down_output), record.hidden
 
 
 def steered_batch(model: nn.Module, batch: PairBatch, intervention: Intervention | None, multipliers: Sequence[float],

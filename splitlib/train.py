@@ -29,17 +29,17 @@ from .engine import (
     collate_pairs,
     decoder_forward,
     encode_pairs,
+    intervention_layer,
     layer_window,
     pad_token_id,
     plan_batches,
-    post_norm,
     recording,
     scored_nll,
     upper_pass,
     with_shift,
 )
 from .interventions import FORMS, Intervention, check_form
-from .models import as_causal_lm, check_layer, decoder_layers, down_projection
+from .models import as_causal_lm, check_layer, decoder_layers
 from .profiles import EngineSettings, Profile, TrainConfig, check_profile
 from .scoring import EncodedPair, Tokenizer, end_of_turn
 from .sweep import run_sweep
@@ -124,9 +124,14 @@ class _Example:
 
     pair: EncodedPair
     layer_output: Tensor  # (tokens, d): layer L's output
-    mlp_hidden: Tensor  # (tokens, d_ff): the down-projection's input, from which ΔW h is computed
+    down_input: Tensor | None  # (tokens, d_ff): the down-projection's input, from which ΔW h follows (weight forms)
     down_output: Tensor | None  # (tokens, d): the down-projection's output, where a post-norm follows it
     ref_logp: tuple[float, float] = (0.0, 0.0)  # summed log-probs of A_p, A_n under the unsteered model
+
+
+def _row(state: Tensor | None, row: int, length: int) -> Tensor | None:
+    """One row's first `length` positions of a recorded state, if it was recorded."""
+    return None if state is None else state[row, :length]
 
 
 @dataclass
@@ -166,43 +171,39 @@ class Trainer:
     def _prepare(self, encoded: Sequence[EncodedPair]) -> list[_Example]:
         """Run layers 0..L once per example, keeping what layer L computed (and, for RePS, the
         unsteered model's log-probabilities of both answers)."""
-        behind_norm = post_norm(self.model, self.layer) is not None
-        block, projection = decoder_layers(self.model)[self.layer], down_projection(self.model, self.layer)
         examples = []
         with torch.no_grad():
             for start in range(0, len(encoded), 16):
                 chunk = encoded[start : start + 16]
                 batch = self._batch(chunk)
-                with (recording({"layer": block, "down": projection}) as outputs,
-                      recording({"down": projection}, inputs=True) as inputs,
-                      layer_window(self.model, 0, self.layer + 1)):
-                    decoder_forward(self.model, batch)
+                record = intervention_layer(self.model, batch, self.layer, self.form != "vector")
                 ref = None
                 if self.method == "reps":
-                    final, _ = upper_pass(self.model, batch, self.layer + 1, outputs["layer"])
+                    final, _ = upper_pass(self.model, batch, self.layer + 1, record.output)
                     ref = [-float(piece.sum()) for piece in torch.split(scored_nll(self.model, batch, final),
                                                                          batch.lengths)]
                 for i, pair in enumerate(chunk):
-                    n = pair.length
                     logp = (ref[2 * i], ref[2 * i + 1]) if ref else (0.0, 0.0)
-                    down = outputs["down"][i, :n] if behind_norm else None
-                    examples.append(_Example(pair, outputs["layer"][i, :n], inputs["down"][i, :n], down, logp))
+                    examples.append(_Example(pair, record.output[i, :pair.length],
+                                             _row(record.down_input, i, pair.length),
+                                             _row(record.down_output, i, pair.length), logp))
         return examples
 
     def _steered_layer_output(self, intervention: Intervention, chosen: Sequence[_Example], batch: PairBatch,
                               multipliers: Tensor, dropout: float) -> Tensor:
         """Layer L's output under the intervention for the step's row, gathered from what layer L
         computed without it (`engine.with_shift`)."""
-        def gathered(name: str) -> Tensor:
-            return torch.cat([getattr(example, name) for example in chosen])[batch.source]
+        def gathered(name: str) -> Tensor | None:
+            parts = [getattr(example, name) for example in chosen]
+            return None if parts[0] is None else torch.cat(parts)[batch.source]
 
         layer_output = gathered("layer_output")
-        # the vector form ignores h: no need to gather the (wide) down-projection inputs
-        h = layer_output if intervention.form == "vector" else gathered("mlp_hidden")
+        assert layer_output is not None
+        down_input = gathered("down_input")  # None for the vector form, which ignores h
         with intervention.apply(self.model, multipliers, dropout=dropout) as live:
-            shift = live.shift(intervention.delta(h), layer_output.dtype)
-        behind_norm = intervention.form != "vector" and chosen[0].down_output is not None
-        return with_shift(self.model, self.layer, layer_output, gathered("down_output") if behind_norm else None, shift)
+            shift = live.shift(intervention.delta(layer_output if down_input is None else down_input),
+                               layer_output.dtype)
+        return with_shift(self.model, self.layer, layer_output, gathered("down_output"), shift)
 
     def _scores(self, intervention: Intervention, chosen: Sequence[_Example], signs: Tensor, magnitudes: Tensor,
                 dropout: float) -> tuple[_Scores, Tensor, Tensor]:
