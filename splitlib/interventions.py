@@ -506,13 +506,14 @@ def measure_delta_h(
         with record_layer(model, intervention.layer) as plain:
             model(**batch)
         assert plain.down_proj_input is not None and plain.layer_output is not None  # filled by the forward
-        formula_at_one = _masked(intervention.delta(plain.down_proj_input), mask)
-        residual_norm = _masked(plain.layer_output, mask).norm(dim=-1)
+        # compared in float32 on the CPU, whatever the model's dtype and device (numpy has no bfloat16)
+        formula_at_one = _masked(intervention.delta(plain.down_proj_input), mask).float().cpu()
+        residual_norm = _masked(plain.layer_output, mask).float().cpu().norm(dim=-1)
         frames = []
         for m in multipliers:
             with record_layer(model, intervention.layer) as steered, intervention.apply(model, m):
                 model(**batch)
-            measured = _masked(getattr(steered, site) - getattr(plain, site), mask)
+            measured = _masked(getattr(steered, site) - getattr(plain, site), mask).float().cpu()
             formula = m * formula_at_one
             frames.append(
                 pd.DataFrame(

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -100,6 +101,27 @@ def test_delta_h_matches_the_formula(model, tokens):
         if form == "vector":  # the vector acts on the block output, not inside the MLP
             measured = steered.layer_output - plain.layer_output
         torch.testing.assert_close(measured, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_measure_delta_h_tables_the_formula_in_any_precision(model, tokens, dtype):
+    """Chapter 1's table: measured Δh against m(ΔW h + Δb), per (m, token), also for a bf16 model
+    as the paper profiles load one (numpy has no bfloat16: the table is float32)."""
+    from splitlib import measure_delta_h
+
+    model = copy.deepcopy(model).to(dtype)
+    batch = {"input_ids": tokens, "attention_mask": torch.ones_like(tokens)}
+    for form in FORMS:
+        intervention = Intervention.random(model, form, LAYER, seed=5, gain=3.0)
+        table = measure_delta_h(model, intervention, batch, [-1.0, 0.0, 2.0])
+        assert len(table) == 3 * tokens.numel() and set(table.m) == {-1.0, 0.0, 2.0}
+        assert table.measured_norm.dtype == np.float32
+        zero = table[table.m == 0]
+        assert (zero.measured_norm == 0).all() and (zero.max_abs_error == 0).all()
+        steered = table[table.m == 2.0]
+        tolerance = 1e-4 if dtype == torch.float32 else 0.05
+        assert (steered.max_abs_error <= tolerance * steered.formula_norm.max()).all(), form
+        assert np.allclose(table[table.m == -1.0].formula_norm * 2, steered.formula_norm.to_numpy(), rtol=1e-5)
 
 
 def test_gemma2_weight_forms_act_before_the_post_feedforward_norm(arch, model, tokens):
