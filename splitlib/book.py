@@ -96,6 +96,9 @@ def hyperparameter_table(configs: Mapping[tuple[str, str], TrainConfig]) -> Styl
     return table(rows[["method", "form", *varying]]).set_caption(f"The same for every row: {shared}.")
 
 
+PAIR_TYPES_JOIN = "\u00a0+\u00a0"  # "add + sub" on one line: a phone's narrow column would break it in three
+
+
 def pair_types_table(profile: Profile, trained: Sequence[tuple[str, str]]) -> Styler:
     """The pair types each trained (method, form) learns from on every task: they differ by task,
     and `hyperparameter_table` shows one task."""
@@ -106,7 +109,7 @@ def pair_types_table(profile: Profile, trained: Sequence[tuple[str, str]]) -> St
 
     heads = task_columns(TASKS)  # the paper's PSY, PWR, AXB: a narrow table on a phone
     rows = pd.DataFrame([{"method": method, "form": form,
-                          **{heads[task]: " + ".join(config_for(profile, task, method, form).pair_types)
+                          **{heads[task]: PAIR_TYPES_JOIN.join(config_for(profile, task, method, form).pair_types)
                              for task in TASKS}}
                          for method, form in trained])
     return table(rows).set_caption('"add": A_p should win at +m; "sub": A_n should win at −m.')

@@ -113,5 +113,5 @@ def test_the_pair_types_table_has_a_column_per_task_read_from_each_config():
     assert list(shown.columns) == ["PSY", "PWR", "AXB"]  # the paper's heads, in the order of TASKS
     for (method, form), row in shown.iterrows():
         for task, head in task_columns(splitlib.TASKS).items():
-            assert row[head] == " + ".join(config_for(profile, task, method, form).pair_types)
-    assert shown.loc[("reps", "local_weight"), "AXB"] == "add + sub"
+            assert row[head] == book.PAIR_TYPES_JOIN.join(config_for(profile, task, method, form).pair_types)
+    assert shown.loc[("reps", "local_weight"), "AXB"] == "add\u00a0+\u00a0sub"  # no break inside
