@@ -262,16 +262,16 @@ def status_table(profile: ProfileSpec, root: Path = ROOT) -> str:
     """A Markdown table of each chapter's execution time, for the status page."""
     import nbformat
 
-    profile = resolved(profile).name
+    profile = resolved(profile)  # a profile file's name alone would not find it again
     rows = ["| chapter | profile | execution time (s) | executed |", "| --- | --- | ---: | --- |"]
     total = 0.0
     for chapter in chapters(root):
         notebook = nbformat.read(notebook_dir(profile, root) / f"{chapter.stem}.ipynb", as_version=4)
         stamp = _stamp(notebook)
         total += stamp["seconds"]
-        rows.append(f"| [{chapter_title(chapter)}]({chapter.stem}.ipynb) | {profile} | {stamp['seconds']:.1f} "
+        rows.append(f"| [{chapter_title(chapter)}]({chapter.stem}.ipynb) | {profile.name} | {stamp['seconds']:.1f} "
                     f"| {stamp['executed_at']} |")
-    rows.append(f"| **all chapters** | {profile} | **{total:.1f}** | |")
+    rows.append(f"| **all chapters** | {profile.name} | **{total:.1f}** | |")
     if results_path(profile, root).exists():
         rows.append(f"\nEvery value the chapters glue into their text, with its name and chapter: "
                     f"{{download}}`{RESULTS_FILE} <{RESULTS_FILE}>`.")

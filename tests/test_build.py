@@ -155,6 +155,21 @@ def test_staging_refuses_a_stale_notebook(project):
         build.stage("cpu", root=project)
 
 
+def test_a_profile_files_book_is_staged_with_its_status_table(project, tmp_path):
+    """`make book` with SPLITLIB_PROFILE=<file>: the HTML step stages the file's own notebooks and
+    fills the status page's table from them (it once looked the profile up again by its name)."""
+    shutil.copy(Path(__file__).resolve().parent.parent / "_config.yml", project / "_config.yml")
+    (project / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: book/ch1\n"
+                                      "  - file: book/status\n")
+    (project / "book" / "status.md").write_text(f"# Status\n\n{build.STATUS_MARKER}\n")
+    profile = tmp_path / "mine.toml"
+    profile.write_text('inherit = "cpu"\ndtype = "bfloat16"\n')
+    _run(project, str(profile))
+    site = build.stage(str(profile), root=project)
+    assert (site / "book" / "ch1.ipynb").exists()
+    assert "| [A chapter](ch1.ipynb) | mine | 2.5 |" in (site / "book" / "status.md").read_text()
+
+
 def _glue(name: str, mime: str, value: str) -> nbformat.NotebookNode:
     """An output as myst-nb's `glue` writes it."""
     prefix = "application/papermill.record/"
