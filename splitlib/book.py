@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from .profiles import Profile, TrainConfig
+from .profiles import EMBEDDED_MODEL, Profile, TrainConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,7 +31,12 @@ def run_box(profile: Profile, model_info: ModelInfo, data: str) -> object:
     """
     from IPython.display import Markdown
 
-    scale = "the paper's setup" if profile.paper_setup else "a small model at CI sizes: shapes, not magnitudes"
+    if profile.paper_setup:
+        scale = "the paper's setup"
+    elif profile.model == EMBEDDED_MODEL:
+        scale = "a small model at CI sizes: shapes, not magnitudes"
+    else:
+        scale = "the profile's own split sizes, not the paper's"
     return Markdown(
         "```{admonition} How this page was rendered\n"
         ":class: note\n\n"

@@ -466,6 +466,8 @@ def profile_from_file(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> 
         data.setdefault("name", path.stem)
         data.setdefault("description", f"{base.description} Changed by {path.name}: "
                                        f"{', '.join(sorted(k for k in data if k != 'name'))}.")
+        if "splits" in data:  # other split sizes are not the paper's setup, unless the file says they are
+            data.setdefault("paper_setup", False)
         profile = _record(Profile, _table(data, ""), base, "")
     except _Bad as bad:
         raise ProfileError(f"{path}: {bad}") from None

@@ -115,3 +115,20 @@ def test_the_pair_types_table_has_a_column_per_task_read_from_each_config():
         for task, head in task_columns(splitlib.TASKS).items():
             assert row[head] == book.PAIR_TYPES_JOIN.join(config_for(profile, task, method, form).pair_types)
     assert shown.loc[("reps", "local_weight"), "AXB"] == "add\u00a0+\u00a0sub"  # no break inside
+
+
+def test_the_run_box_says_the_scale_of_the_profile_it_ran(tmp_path):
+    from conftest import tiny_model
+
+    from splitlib.models import describe_model
+
+    info = describe_model(tiny_model("llama"))
+
+    def scale(profile):
+        return re.search(r"\*\*Scale:\*\* (.*)", book.run_box(profile, info, "pairs").data).group(1)
+
+    assert scale(splitlib.get_profile("gemma-2-9b-it")) == "the paper's setup"
+    assert scale(splitlib.get_profile("cpu")).startswith("a small model at CI sizes")
+    small = tmp_path / "small-gemma.toml"
+    small.write_text('inherit = "gemma-2-9b-it"\nmodel = "/models/tiny"\n[splits.psychopathy]\ntrain = 24\n')
+    assert scale(splitlib.get_profile(str(small))) == "the profile's own split sizes, not the paper's"

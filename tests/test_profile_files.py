@@ -61,8 +61,17 @@ quantization_config = { quant_method = "bitsandbytes", load_in_4bit = true }
                                                                       lr=0.05)
     assert profile.load_options == {"device_map": "auto",
                                     "quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}}
-    assert (profile.dtype, profile.device, profile.paper_setup) == ("bfloat16", "cuda", True)
+    assert (profile.dtype, profile.device) == ("bfloat16", "cuda")
+    assert not profile.paper_setup  # its own split sizes: the run box does not call it the paper's setup
     assert "mine.toml" in profile.description
+
+
+def test_a_file_keeps_the_paper_setup_unless_it_changes_the_splits(write):
+    assert get_profile(write('inherit = "gemma-2-9b-it"\nmodel = "/models/mine"\nlayer = 12\n')).paper_setup
+    smaller = write('inherit = "gemma-2-9b-it"\n[splits.axbench]\ntrain = 8\n', "small.toml")
+    assert not get_profile(smaller).paper_setup
+    said = write('inherit = "gemma-2-9b-it"\npaper_setup = true\n[splits.axbench]\ntrain = 8\n', "said.toml")
+    assert get_profile(said).paper_setup
 
 
 def test_the_default_parent_is_cpu_and_a_file_may_inherit_a_file(write):
