@@ -101,7 +101,7 @@ def hyperparameter_table(configs: Mapping[tuple[str, str], TrainConfig]) -> Styl
     return table(rows[["method", "form", *varying]]).set_caption(f"The same for every row: {shared}.")
 
 
-PAIR_TYPES_JOIN = "\u00a0+\u00a0"  # "add + sub" on one line: a phone's narrow column would break it in three
+PAIR_TYPES_JOIN = "\u00a0+ "  # "add + sub" breaks only after the "+": two lines in a phone's column, not three
 
 
 def pair_types_table(profile: Profile, trained: Sequence[tuple[str, str]]) -> Styler:

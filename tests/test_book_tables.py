@@ -114,7 +114,7 @@ def test_the_pair_types_table_has_a_column_per_task_read_from_each_config():
     for (method, form), row in shown.iterrows():
         for task, head in task_columns(splitlib.TASKS).items():
             assert row[head] == book.PAIR_TYPES_JOIN.join(config_for(profile, task, method, form).pair_types)
-    assert shown.loc[("reps", "local_weight"), "AXB"] == "add\u00a0+\u00a0sub"  # no break inside
+    assert shown.loc[("reps", "local_weight"), "AXB"] == "add\u00a0+ sub"  # no break before the "+"
 
 
 def test_the_run_box_says_the_scale_of_the_profile_it_ran(tmp_path):
