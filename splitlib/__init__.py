@@ -24,7 +24,7 @@ import warnings
 warnings.filterwarnings("ignore", message="IProgress not found")
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 
-from . import book, data, evaluation, fit, geometry, interop, judge, manifold, plots, regions, search  # noqa: E402
+from . import book, data, evaluation, fit, geometry, interop, judge, manifold, plots, regions, search, seeds  # noqa: E402
 from .cache import cache_root
 from .data import TASKS, DataError, PolarityPair, TaskData, load_pairs, load_task
 from .generations import evaluation_generations
@@ -82,6 +82,7 @@ __all__ = [
     "interop",
     "regions",
     "search",
+    "seeds",
     "judge",
     "evaluation_generations",
     "evaluation",

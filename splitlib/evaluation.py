@@ -185,6 +185,26 @@ def verdict_sentence(verdicts: pd.DataFrame, method: str = "SPLIT") -> str:
     return f"{method} " + (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
 
 
+def conclusions(summary: pd.DataFrame, chosen: Mapping[UpdateKey, float], tolerance: float = 1.0,
+                method: str = "split") -> dict[str, str]:
+    """Chapter 5's conclusions from one set of updates, in words: in how many forms `method` is the
+    most accurate at its chosen m (`method_leads`), its verdict per form at matched utility
+    (`split_verdicts`), the most accurate update (its accuracy is a number, not a conclusion), and
+    how many LoRA and local-weight updates of the trained methods reach 90 % on the test split.
+    What `splitlib.seeds` compares across seeds."""
+    table = at_chosen(summary, chosen, split="test")
+    wins, forms = method_leads(table, method)
+    verdicts = split_verdicts(frontier_reach(summary, tolerance), method)
+    best = table.iloc[1:].sort_values(["accuracy", "pref_odds"], ascending=False).iloc[0]
+    weights = table[(table.form != "vector") & ~table.method.isin(["diffmean", "unsteered"])]
+    name = method.upper()
+    return {f"{name} the most accurate": f"in {wins} of {forms} forms",
+            **{f"{name} at matched utility, {form.replace('_', ' ')}": verdict
+               for form, verdict in zip(verdicts.form, verdicts.verdict)},
+            "the most accurate update": update_name((best.method, best.form.replace("_", " "))),
+            "LoRA and local weight at 90 % or more": f"{int((weights.accuracy >= 0.9).sum())} of {len(weights)}"}
+
+
 def knob_variants(base: TrainConfig) -> dict[str, TrainConfig]:
     """SPLIT's configuration as given and with each of its two terms beyond SFT switched off alone:
     the losing answer's term (λ_n = 0) and the hinge (γ = 0)."""

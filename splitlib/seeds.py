@@ -1,0 +1,127 @@
+"""How far chapter 5's conclusions move when only the training seed changes.
+
+The seed fixes an update's dropout, LoRA's initial A, the order of the examples and the size of m drawn
+for each. Here every method and form is trained again with other seeds on the same training split,
+swept on both splits, its m chosen on the training split by the book's rule, and chapter 5's
+conclusions recomputed (`evaluation.conclusions`); the data, its split and the bootstrap keep the
+profile's seed. `python -m splitlib.seeds` runs it and writes the record chapter 5 shows
+(`SEED_RECORD`), as `splitlib.search` writes its own.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .cache import write_atomically
+from .checks import check_int, check_unique
+from .evaluation import at_chosen, choose_multipliers, conclusions
+from .profiles import Profile, check_profile
+from .scoring import Tokenizer, summarise
+
+SEED_RECORD = Path(__file__).resolve().parent / "records" / "cpu-seed-study.json"
+TABLE_COLUMNS = ("method", "form", "m", "accuracy", "pref_odds", "util_odds")
+
+
+def seed_conclusions(model: nn.Module, tokenizer: Tokenizer, profile: Profile, task: str, seed: int,
+                     tolerance: float = 1.0) -> tuple[dict[str, str], pd.DataFrame]:
+    """Chapter 5's conclusions on `task` with every update trained at `seed` (cached), and the
+    test-split table at the chosen m they come from."""
+    from .data import load_task
+    from .train import evaluation_sweeps, residual_norm, train_all
+
+    check_profile(profile)
+    check_int("seed", seed)
+    data = load_task(task, profile, model, tokenizer)  # the profile's split, whatever the training seed
+    trained = train_all(model, tokenizer, data.train, dataclasses.replace(profile, seed=seed), task)
+    unit = residual_norm(model, tokenizer, data.train, profile.layer)
+    sweeps = evaluation_sweeps(model, tokenizer, {"train": data.train, "test": data.test}, trained, profile, unit,
+                               negative=False)
+    summary = summarise(sweeps, by=("method", "form", "split", "m"), seed=profile.seed)
+    chosen = choose_multipliers(summary, trained, tolerance=tolerance)
+    return conclusions(summary, chosen, tolerance), at_chosen(summary, chosen, split="test")
+
+
+def seed_record(model: nn.Module, tokenizer: Tokenizer, profile: Profile, task: str, seeds: Sequence[int],
+                tolerance: float = 1.0) -> dict:
+    """What `python -m splitlib.seeds` writes: each seed's conclusions and table, and how they were made."""
+    from .provenance import code_version
+
+    check_unique("seeds", seeds)
+    if not seeds:
+        raise ValueError("seeds is empty: give the training seeds to compare")
+    started, rows = time.perf_counter(), []
+    for seed in seeds:
+        found, table = seed_conclusions(model, tokenizer, profile, task, seed, tolerance)
+        rows.append({"seed": seed, "conclusions": found,
+                     "table": table[list(TABLE_COLUMNS)].to_dict(orient="records")})
+    return {"profile": profile.name, "task": task, "tolerance": tolerance, "profile_seed": profile.seed,
+            # the wall time of this run: artifacts an earlier run left in the cache cost it nothing
+            "seeds": rows, "seconds": round(time.perf_counter() - started, 1),
+            "threads": torch.get_num_threads(), "code": code_version()}
+
+
+def read_seed_record(path: str | Path | None = None) -> dict:
+    """A record written by `python -m splitlib.seeds` (by default the cpu profile's, shipped in the
+    package), with its conclusions as a table under "table": one row per conclusion, one column
+    per training seed ("seed 42", ...)."""
+    path = SEED_RECORD if path is None else Path(path)
+    record = json.loads(path.read_text())
+    missing = [key for key in ("seeds", "task", "profile_seed") if key not in record]
+    if missing:
+        raise ValueError(f"{path} is not a seed record: it lacks {', '.join(missing)}")
+    table = pd.DataFrame({f"seed {row['seed']}": row["conclusions"] for row in record["seeds"]})
+    return {**record, "table": table.rename_axis("conclusion").reset_index()}
+
+
+def held_in_every_seed(table: pd.DataFrame) -> list[str]:
+    """The conclusions (rows of `read_seed_record`'s table) that read the same for every seed."""
+    same = table.drop(columns="conclusion").nunique(axis=1) == 1
+    return table.conclusion[same].tolist()
+
+
+def record_check(record: dict, own: dict[str, str], profile: Profile) -> str:
+    """Whether the record's column for the page's seed reads as the page's own conclusions
+    (`evaluation.conclusions`), in words: a record written by other code says so here."""
+    if record["profile"] != profile.name:
+        return (f"is not compared with this page's conclusions: the record is the {record['profile']} profile's "
+                f"and this page runs the {profile.name} profile")
+    row = next((r["conclusions"] for r in record["seeds"] if r["seed"] == profile.seed), None)
+    if row is None:
+        return f"is missing: the record has no run at this page's seed, {profile.seed}"
+    differ = [name for name in sorted(set(row) | set(own)) if row.get(name) != own.get(name)]
+    if not differ:
+        return "reads as this page's own conclusions do, one for one"
+    return (f"differs from this page's own conclusions in {', '.join(differ)}: the record was written by "
+            f"{record.get('code', 'code it does not name')}, so run `python -m splitlib.seeds` again")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Train every update again with each seed and write chapter 5's conclusions per seed."""
+    import argparse
+
+    from .models import load_model
+    from .profiles import get_profile
+
+    parser = argparse.ArgumentParser(prog="python -m splitlib.seeds", description=main.__doc__)
+    parser.add_argument("--profile", default=None, help="a built-in profile or a profile file (default: cpu)")
+    parser.add_argument("--task", default="psychopathy")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--out", type=Path, default=SEED_RECORD)
+    args = parser.parse_args(argv)
+    profile = get_profile(args.profile)
+    model, tokenizer = load_model(profile)
+    record = seed_record(model, tokenizer, profile, args.task, args.seeds)
+    write_atomically(args.out, (json.dumps(record, indent=1) + "\n").encode())
+    print(read_seed_record(args.out)["table"].to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
