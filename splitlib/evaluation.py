@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from .checks import check_int
 from .scoring import choose_multiplier, summarise
 
 if TYPE_CHECKING:
@@ -185,6 +186,16 @@ def verdict_sentence(verdicts: pd.DataFrame, method: str = "SPLIT") -> str:
     return f"{method} " + (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
 
 
+def most_accurate(table: pd.DataFrame) -> pd.Series:
+    """The row of `at_chosen`'s table with the highest accuracy (then PrefOdds), the unsteered row aside."""
+    return table.iloc[1:].sort_values(["accuracy", "pref_odds"], ascending=False).iloc[0]
+
+
+def weight_updates(table: pd.DataFrame) -> pd.DataFrame:
+    """The trained LoRA and local-weight rows of `at_chosen`'s table: those the book's 90 % mark is for."""
+    return table[(table.form != "vector") & ~table.method.isin(["diffmean", "unsteered"])]
+
+
 def conclusions(summary: pd.DataFrame, chosen: Mapping[UpdateKey, float], tolerance: float = 1.0,
                 method: str = "split") -> dict[str, str]:
     """Chapter 5's conclusions from one set of updates, in words: in how many forms `method` is the
@@ -195,8 +206,7 @@ def conclusions(summary: pd.DataFrame, chosen: Mapping[UpdateKey, float], tolera
     table = at_chosen(summary, chosen, split="test")
     wins, forms = method_leads(table, method)
     verdicts = split_verdicts(frontier_reach(summary, tolerance), method)
-    best = table.iloc[1:].sort_values(["accuracy", "pref_odds"], ascending=False).iloc[0]
-    weights = table[(table.form != "vector") & ~table.method.isin(["diffmean", "unsteered"])]
+    best, weights = most_accurate(table), weight_updates(table)
     name = method.upper()
     return {f"{name} the most accurate": f"in {wins} of {forms} forms",
             **{f"{name} at matched utility, {form.replace('_', ' ')}": verdict
@@ -277,26 +287,33 @@ class TaskUpdates:
                                  profile, self.unit, negative=negative)
 
 
-def task_updates(model: nn.Module, tokenizer: Tokenizer, profile: Profile, task: str) -> TaskUpdates:
-    """`task`'s data loaded and every method and form trained on its training split (cached)."""
+def task_updates(model: nn.Module, tokenizer: Tokenizer, profile: Profile, task: str,
+                 training_seed: int | None = None) -> TaskUpdates:
+    """`task`'s data loaded and every method and form trained on its training split (cached);
+    `training_seed` trains at another seed on the same split (`splitlib.seeds`)."""
     from .data import load_task
     from .train import residual_norm, train_all
 
-    data = load_task(task, profile, model, tokenizer)
-    trained = train_all(model, tokenizer, data.train, profile, task)
+    if training_seed is not None:
+        check_int("training_seed", training_seed)
+    data = load_task(task, profile, model, tokenizer)  # the profile's split, whatever the training seed
+    training = profile if training_seed is None else dataclasses.replace(profile, seed=training_seed)
+    trained = train_all(model, tokenizer, data.train, training, task)
     return TaskUpdates(data, trained, residual_norm(model, tokenizer, data.train, profile.layer))
 
 
 def evaluate_task(model: nn.Module, tokenizer: Tokenizer, profile: Profile, task: str, *, tolerance: float = 1.0,
-                  generate: bool = True, judge: Judge | None = None, sample: bool = True) -> TaskEvaluation:
-    """Chapter 5's whole evaluation for one task: train every method and form (cached), sweep
-    m >= 0 on both splits, choose each update's m on the training split, read the test split there;
-    then generate at the chosen m on the profile's first `evaluation_questions` test questions and,
-    with a judge, score the generations (`judge.judge_generations`)."""
+                  generate: bool = True, judge: Judge | None = None, sample: bool = True,
+                  training_seed: int | None = None) -> TaskEvaluation:
+    """Chapter 5's whole evaluation for one task: train every method and form (cached; at
+    `training_seed` if given), sweep m >= 0 on both splits, choose each update's m on the training
+    split, read the test split there; then generate at the chosen m on the profile's first
+    `evaluation_questions` test questions and, with a judge, score the generations
+    (`judge.judge_generations`). The split and the bootstrap always keep the profile's seed."""
     from .generations import evaluation_generations
     from .judge import judge_generations
 
-    prepared = task_updates(model, tokenizer, profile, task)
+    prepared = task_updates(model, tokenizer, profile, task, training_seed)
     data, trained = prepared.data, prepared.trained
     sweeps = prepared.sweeps(model, tokenizer, profile, negative=False)
     summary = summarise(sweeps, by=("method", "form", "split", "m"), seed=profile.seed)

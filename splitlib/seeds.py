@@ -9,7 +9,6 @@ profile's seed. `python -m splitlib.seeds` runs it and writes the record chapter
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -21,9 +20,9 @@ from torch import nn
 
 from .cache import write_atomically
 from .checks import check_int, check_unique
-from .evaluation import at_chosen, choose_multipliers, conclusions
+from .evaluation import conclusions, evaluate_task
 from .profiles import Profile, check_profile
-from .scoring import Tokenizer, summarise
+from .scoring import Tokenizer
 
 SEED_RECORD = Path(__file__).resolve().parent / "records" / "cpu-seed-study.json"
 TABLE_COLUMNS = ("method", "form", "m", "accuracy", "pref_odds", "util_odds")
@@ -32,20 +31,11 @@ TABLE_COLUMNS = ("method", "form", "m", "accuracy", "pref_odds", "util_odds")
 def seed_conclusions(model: nn.Module, tokenizer: Tokenizer, profile: Profile, task: str, seed: int,
                      tolerance: float = 1.0) -> tuple[dict[str, str], pd.DataFrame]:
     """Chapter 5's conclusions on `task` with every update trained at `seed` (cached), and the
-    test-split table at the chosen m they come from."""
-    from .data import load_task
-    from .train import evaluation_sweeps, residual_norm, train_all
-
+    test-split table at the chosen m they come from (`evaluation.evaluate_task`, without generating)."""
     check_profile(profile)
     check_int("seed", seed)
-    data = load_task(task, profile, model, tokenizer)  # the profile's split, whatever the training seed
-    trained = train_all(model, tokenizer, data.train, dataclasses.replace(profile, seed=seed), task)
-    unit = residual_norm(model, tokenizer, data.train, profile.layer)
-    sweeps = evaluation_sweeps(model, tokenizer, {"train": data.train, "test": data.test}, trained, profile, unit,
-                               negative=False)
-    summary = summarise(sweeps, by=("method", "form", "split", "m"), seed=profile.seed)
-    chosen = choose_multipliers(summary, trained, tolerance=tolerance)
-    return conclusions(summary, chosen, tolerance), at_chosen(summary, chosen, split="test")
+    result = evaluate_task(model, tokenizer, profile, task, tolerance=tolerance, generate=False, training_seed=seed)
+    return conclusions(result.summary, result.chosen, tolerance), result.table
 
 
 def seed_record(model: nn.Module, tokenizer: Tokenizer, profile: Profile, task: str, seeds: Sequence[int],
@@ -80,10 +70,11 @@ def read_seed_record(path: str | Path | None = None) -> dict:
     return {**record, "table": table.rename_axis("conclusion").reset_index()}
 
 
-def held_in_every_seed(table: pd.DataFrame) -> list[str]:
-    """The conclusions (rows of `read_seed_record`'s table) that read the same for every seed."""
+def held_in_every_seed(table: pd.DataFrame) -> dict[str, str]:
+    """The conclusions (rows of `read_seed_record`'s table) that read the same for every seed, with
+    what they read."""
     same = table.drop(columns="conclusion").nunique(axis=1) == 1
-    return table.conclusion[same].tolist()
+    return dict(zip(table.conclusion[same], table[same].iloc[:, 1]))
 
 
 def record_check(record: dict, own: dict[str, str], profile: Profile) -> str:

@@ -62,7 +62,7 @@ def test_the_record_reads_as_one_row_per_seed_and_names_what_holds_in_every_seed
             for s, wins in ((42, "3 of 3 forms"), (43, "1 of 3 forms"))]
     table = seeds.read_seed_record(_record(tmp_path, rows))["table"]
     assert table.columns.tolist() == ["conclusion", "seed 42", "seed 43"]
-    assert seeds.held_in_every_seed(table) == ["best update"]
+    assert seeds.held_in_every_seed(table) == {"best update": rows[0]["conclusions"]["best update"]}
 
 
 def test_a_file_that_is_not_a_seed_record_is_named(tmp_path):
@@ -115,3 +115,8 @@ def test_the_record_is_checked_against_the_page_that_shows_it(tmp_path):
         record, found | {"best update": "sft · lora (92%)"}, cpu)
     assert "no run at this page's seed, 7" in seeds.record_check(record, found, dataclasses.replace(cpu, seed=7))
     assert "not compared" in seeds.record_check(record, found, splitlib.get_profile("qwen2.5-7b-it"))
+
+
+def test_a_training_seed_that_is_not_an_int_is_named_before_anything_loads():
+    with pytest.raises(TypeError, match="training_seed must be an int, got str '7'"):
+        evaluation.evaluate_task(None, None, splitlib.get_profile("cpu"), "psychopathy", training_seed="7")
