@@ -207,10 +207,10 @@ def threads_note(records: Sequence[Mapping]) -> str:
     """The threads the records' searches ran on, in words ("1 thread each"): their seconds are wall
     times, which read differently on one thread than on several."""
     threads = {record.get("threads") for record in records}
-    n = next(iter(threads)) if len(threads) == 1 else None
-    if n is None:
+    if len(threads) != 1 or None in threads:
         return "threads the records do not all give"
-    return f"{int(n)} thread{'s' if int(n) > 1 else ''} each"
+    n = int(next(iter(threads)))
+    return f"{n} thread{'s' if n > 1 else ''} each"
 
 
 def read_records() -> list[dict]:
