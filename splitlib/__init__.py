@@ -24,7 +24,7 @@ import warnings
 warnings.filterwarnings("ignore", message="IProgress not found")
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 
-from . import book, data, evaluation, fit, geometry, interop, judge, manifold, plots, regions, search, seeds  # noqa: E402
+from . import book, data, evaluation, fit, geometry, interop, judge, manifold, plots, regions  # noqa: E402
 from .cache import cache_root
 from .data import TASKS, DataError, PolarityPair, TaskData, load_pairs, load_task
 from .generations import evaluation_generations
@@ -112,3 +112,15 @@ __all__ = [
     "record_layer",
 ]
 __version__ = "0.1.0"
+
+# Run as `python -m splitlib.search` and `python -m splitlib.seeds`: imported here on first use, not
+# above, or runpy would warn that the module it is about to run was already imported.
+_RUNNABLE = ("search", "seeds")
+
+
+def __getattr__(name: str) -> object:
+    if name in _RUNNABLE:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -147,6 +147,14 @@ def rule_verdicts(comparison: pd.DataFrame, method: str = "split") -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+def rule_conclusions(verdicts: pd.DataFrame, method: str = "split") -> dict[str, str]:
+    """`rule_verdicts` in the words of `conclusions`: the book's rule under its name there ("SPLIT
+    the most accurate"), each other rule after a comma ("SPLIT the most accurate, fitted curves")."""
+    lead = f"{method.upper()} the most accurate"
+    return {lead if row.rule == BOOK_RULE else f"{lead}, {row.rule}": f"in {row.wins} of {row.forms} forms"
+            for row in verdicts.itertuples()}
+
+
 def frontier_reach(summary: pd.DataFrame, tolerance: float = 1.0, split: str = "test") -> pd.DataFrame:
     """Per method and form: the highest mean PrefOdds (with its interval, and the m where it is
     reached) among the m >= 0 whose mean UtilOdds stays within `tolerance` nats below the
@@ -215,29 +223,59 @@ def conclusions(summary: pd.DataFrame, chosen: Mapping[UpdateKey, float], tolera
             "LoRA and local weight at 90 % or more": f"{int((weights.accuracy >= 0.9).sum())} of {len(weights)}"}
 
 
+BASE_VARIANT = "as configured"
+NO_HINGE, NO_LOSING_TERM = "γ = 0", "λ_n = 0"  # the ablation's variants
+
+
 def knob_variants(base: TrainConfig) -> dict[str, TrainConfig]:
     """SPLIT's configuration as given and with each of its two terms beyond SFT switched off alone:
     the losing answer's term (λ_n = 0) and the hinge (γ = 0)."""
-    variants = {"as configured": base}
-    for name, knob in (("λ_n", "lambda_n"), ("γ", "gamma")):
+    variants = {BASE_VARIANT: base}
+    for name, knob in ((NO_LOSING_TERM, "lambda_n"), (NO_HINGE, "gamma")):
         changes: dict[str, Any] = {knob: 0.0}
-        variants[f"{name} = 0"] = dataclasses.replace(base, **changes)
+        variants[name] = dataclasses.replace(base, **changes)
     return variants
 
 
 def ablation(model: nn.Module, tokenizer: Tokenizer, train: Sequence[PolarityPair], test: Sequence[PolarityPair],
              profile: Profile, variants: Mapping[str, TrainConfig], m: float, method: str = "split",
-             form: str = "lora") -> pd.DataFrame:
-    """Train each variant (cached) and report its test accuracy, PrefOdds and UtilOdds at `m`,
-    with intervals: what each knob of the objective is for."""
+             form: str = "lora", training_seed: int | None = None) -> pd.DataFrame:
+    """Train each variant (cached; at `training_seed` if given) and report its test accuracy,
+    PrefOdds and UtilOdds at `m`, with intervals (bootstrapped at the profile's seed): what each
+    knob of the objective is for."""
     from .train import train_for_profile
 
+    training = profile if training_seed is None else dataclasses.replace(profile, seed=check_int("training_seed",
+                                                                                                  training_seed))
     rows = []
     for name, config in variants.items():
-        update: Intervention = train_for_profile(model, tokenizer, train, method, form, config, profile)
+        update: Intervention = train_for_profile(model, tokenizer, train, method, form, config, training)
         at = sweep_at(model, tokenizer, test, update, m, profile).iloc[-1]
         rows.append({"variant": name, **at[list(TABLE_COLUMNS + INTERVALS)]})
     return pd.DataFrame(rows)
+
+
+def ablation_spread(ablation_table: pd.DataFrame) -> tuple[float, float]:
+    """(the largest change in mean PrefOdds between the ablation's variants, the half width of the
+    configured variant's 95 % band): a spread within the band does not separate the knobs."""
+    by = ablation_table.set_index("variant")
+    base = by.loc[BASE_VARIANT]
+    return float(by.pref_odds.max() - by.pref_odds.min()), float(base.pref_odds_high - base.pref_odds_low) / 2
+
+
+def ablation_conclusions(ablation_table: pd.DataFrame) -> dict[str, str]:
+    """The ablation (`ablation` of `knob_variants`) in words: whether removing the hinge lowers the
+    mean PrefOdds and removing the losing answer's term the mean UtilOdds (the paper's account of
+    the two knobs), and whether the largest change in PrefOdds between variants exceeds the half
+    width of the configured variant's band."""
+    by = ablation_table.set_index("variant")
+    base = by.loc[BASE_VARIANT]
+    spread, band = ablation_spread(ablation_table)
+    return {"PrefOdds without the hinge (γ = 0)": "lower" if by.pref_odds[NO_HINGE] < base.pref_odds else "not lower",
+            "UtilOdds without the losing answer's term (λ_n = 0)":
+                "lower" if by.util_odds[NO_LOSING_TERM] < base.util_odds else "not lower",
+            "the ablation": ("separates the knobs by more than the noise" if spread > band
+                             else "does not separate the knobs' roles beyond the noise")}
 
 
 # ----- every task at its chosen m: the paper's Table 3 ---------------------------------------------------

@@ -207,9 +207,10 @@ def threads_note(records: Sequence[Mapping]) -> str:
     """The threads the records' searches ran on, in words ("1 thread each"): their seconds are wall
     times, which read differently on one thread than on several."""
     threads = {record.get("threads") for record in records}
-    if len(threads) != 1 or None in threads:
+    given = next(iter(threads)) if len(threads) == 1 else None
+    if given is None:
         return "threads the records do not all give"
-    n = int(next(iter(threads)))
+    n = int(given)
     return f"{n} thread{'s' if n > 1 else ''} each"
 
 

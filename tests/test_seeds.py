@@ -120,3 +120,68 @@ def test_the_record_is_checked_against_the_page_that_shows_it(tmp_path):
 def test_a_training_seed_that_is_not_an_int_is_named_before_anything_loads():
     with pytest.raises(TypeError, match="training_seed must be an int, got str '7'"):
         evaluation.evaluate_task(None, None, splitlib.get_profile("cpu"), "psychopathy", training_seed="7")
+
+
+def test_rule_verdicts_read_as_conclusions_with_the_book_rule_under_chapter_5s_name():
+    verdicts = pd.DataFrame({"rule": list(evaluation.RULES), "forms": [3, 2, 3], "wins": [3, 1, 0]})
+    assert evaluation.rule_conclusions(verdicts) == {
+        "SPLIT the most accurate": "in 3 of 3 forms",
+        f"SPLIT the most accurate, {evaluation.FITTED_RULE}": "in 1 of 2 forms",
+        f"SPLIT the most accurate, {evaluation.FIXED_RULE}": "in 0 of 3 forms"}
+
+
+def test_a_page_is_checked_only_on_the_conclusions_it_computes(tmp_path):
+    found = {"SPLIT the most accurate": "in 3 of 3 forms", "SPLIT the most accurate, fitted curves": "in 2 of 3 forms"}
+    record = seeds.read_seed_record(_record(tmp_path, [{"seed": 42, "conclusions": found, "table": []}]))
+    cpu = splitlib.get_profile("cpu")
+    own = {"SPLIT the most accurate": "in 3 of 3 forms"}
+    assert seeds.record_check(record, own, cpu) == "reads as this page's own conclusions do, one for one"
+    assert "differs from this page's own conclusions in the best update" in seeds.record_check(
+        record, own | {"the best update": "split · lora"}, cpu)  # one the record lacks
+
+
+def test_seeds_are_grouped_by_what_a_conclusion_reads():
+    table = pd.DataFrame({"conclusion": ["a", "b"], "seed 42": ["in 3 of 3 forms", "ties"],
+                          "seed 43": ["in 2 of 3 forms", "ties"], "seed 44": ["in 3 of 3 forms", "ties"]})
+    assert seeds.by_seed(table, ["a", "b"]) == (
+        "a: in 3 of 3 forms with seeds 42 and 44, in 2 of 3 forms with seed 43; b: ties with seeds 42, 43 and 44")
+    with pytest.raises(KeyError, match="no conclusion 'c'"):
+        seeds.by_seed(table, ["c"])
+
+
+def _ablation_table(pref, util, half_band):
+    return pd.DataFrame({"variant": ["as configured", "λ_n = 0", "γ = 0"], "pref_odds": pref,
+                         "pref_odds_low": [p - half_band for p in pref],
+                         "pref_odds_high": [p + half_band for p in pref], "util_odds": util})
+
+
+def test_the_ablation_reads_as_the_papers_account_of_the_knobs_or_not():
+    clear = evaluation.ablation_conclusions(_ablation_table([3.0, 2.2, 0.2], [-1.5, -9.0, -1.3], 0.6))
+    assert clear == {"PrefOdds without the hinge (γ = 0)": "lower",
+                     "UtilOdds without the losing answer's term (λ_n = 0)": "lower",
+                     "the ablation": "separates the knobs by more than the noise"}
+    noisy = evaluation.ablation_conclusions(_ablation_table([3.0, 3.1, 3.2], [-1.5, -1.0, -1.3], 0.6))
+    assert noisy == {"PrefOdds without the hinge (γ = 0)": "not lower",
+                     "UtilOdds without the losing answer's term (λ_n = 0)": "not lower",
+                     "the ablation": "does not separate the knobs' roles beyond the noise"}
+    assert evaluation.ablation_spread(_ablation_table([3.0, 2.2, 0.2], [0, 0, 0], 0.6)) == pytest.approx((2.8, 0.6))
+
+
+def test_the_ablation_trains_at_the_training_seed_and_bootstraps_at_the_profiles(monkeypatch):
+    seen = {"trained": [], "swept": []}
+
+    def fake_train(model, tokenizer, pairs, method, form, config, profile, progress=True):
+        seen["trained"].append(profile.seed)
+        return "update"
+
+    def fake_sweep_at(model, tokenizer, pairs, update, m, profile):
+        seen["swept"].append(profile.seed)
+        return pd.DataFrame([dict.fromkeys(evaluation.TABLE_COLUMNS + evaluation.INTERVALS, 0.0)])
+
+    monkeypatch.setattr(splitlib.train, "train_for_profile", fake_train)
+    monkeypatch.setattr(evaluation, "sweep_at", fake_sweep_at)
+    profile = splitlib.get_profile("cpu")
+    variants = evaluation.knob_variants(splitlib.config_for(profile, "psychopathy", "split", "lora"))
+    table = evaluation.ablation(None, None, [], [], profile, variants, 2.0, training_seed=43)
+    assert table.variant.tolist() == ["as configured", "λ_n = 0", "γ = 0"]
+    assert seen == {"trained": [43, 43, 43], "swept": [42, 42, 42]}
