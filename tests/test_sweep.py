@@ -222,15 +222,13 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(cache_dir, tokenizer, pai
     assert not list((cache_dir / "sweeps").glob("*.partial"))
 
 
-def _sweep_in_another_process(cache: str, queue) -> None:
+def _sweep_in_another_process(cache: str, model_dir: str, queue) -> None:
     import os
 
     os.environ["SPLITLIB_CACHE"] = cache
     from transformers import AutoTokenizer
 
-    from splitlib.models import embedded_model_dir
-
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)  # not from `cache`, which holds no model copy
     model = tiny_model("llama", vocab_size=49152)
     pairs = [PolarityPair(f"p{i}", q, a, b, "test") for i, (q, a, b) in enumerate(QUESTIONS)]
     table = run_sweep(model, tokenizer, pairs, Intervention.random(model, "vector", LAYER, seed=7), GRID,
@@ -244,10 +242,11 @@ def test_two_processes_computing_the_same_sweep_agree(cache_dir):
     from splitlib.models import embedded_model_dir
 
     os.environ.pop("SPLITLIB_CACHE")
-    embedded_model_dir()  # make sure the tokenizer is cached before the workers start
+    model_dir = str(embedded_model_dir())  # the user's cached copy: the workers' cache is the sweep's alone
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    workers = [context.Process(target=_sweep_in_another_process, args=(str(cache_dir), queue)) for _ in range(2)]
+    workers = [context.Process(target=_sweep_in_another_process, args=(str(cache_dir), model_dir, queue))
+               for _ in range(2)]
     for worker in workers:
         worker.start()
     results = [queue.get(timeout=300) for _ in workers]
